@@ -1,0 +1,104 @@
+"""Command line: `shardwire serve | check | demo` — argv to config to a running proxy."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from proxy import __version__
+from proxy.config import Config, load_config, summarize
+from proxy.errors import ConfigError
+
+log = logging.getLogger("shardwire")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def run_async(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    """Run `main` on uvloop when available (it is a hard dependency on Linux/macOS)."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - Windows
+        return asyncio.run(main())
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main())
+
+
+async def serve(config: Config, ready: Callable[[int], None] | None = None) -> int:
+    """Serve until SIGINT/SIGTERM, then shut down gracefully."""
+    from proxy.server import Proxy
+
+    proxy = Proxy(config)
+    await proxy.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready(proxy.port)
+    await stop.wait()
+    log.info("shutting down (waiting up to %gs for running transactions)",
+             config.pool.shutdown_timeout)
+    await proxy.shutdown()
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"shardwire: invalid topology: {exc}", file=sys.stderr)
+        return 2
+    return run_async(lambda: serve(config))
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"shardwire: invalid topology: {exc}", file=sys.stderr)
+        return 2
+    print(summarize(config))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from proxy.demo import run_demo
+
+    return run_demo(port=args.port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="shardwire",
+                                     description="An SQL-aware sharding proxy for PostgreSQL.")
+    parser.add_argument("--version", action="version", version=f"shardwire {__version__}")
+    parser.add_argument("--log-level", default="info",
+                        choices=["debug", "info", "warning", "error"])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("serve", help="run the proxy in the foreground")
+    p.add_argument("--config", "-c", required=True, help="topology YAML file")
+    p.set_defaults(func=cmd_serve)
+    p = sub.add_parser("check", help="validate a topology file and print a summary")
+    p.add_argument("--config", "-c", required=True, help="topology YAML file")
+    p.set_defaults(func=cmd_check)
+    p = sub.add_parser("demo", help="start two throwaway local shards and serve them")
+    p.add_argument("--port", type=int, default=6432)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log_level)
+    return int(args.func(args))

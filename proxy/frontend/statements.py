@@ -1,0 +1,90 @@
+"""Client prepared statements mapped onto pooled server connections, and SQL splitting.
+
+In transaction mode a client's named statement may be needed on any server connection. Each
+statement gets a server-side name derived from its text and parameter types, so the name
+never collides between clients (equal names mean equal statements, which may be shared), and
+the session (re)prepares it on whichever server it is given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from proxy.frontend.settings import SettingChange, parse_setting, session_only_feature
+from proxy.wire.messages import cstr, read_cstr
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    server_name: str
+    parse_body: bytes  # Parse message body carrying server_name, ready to send
+    query: str
+    change: SettingChange | None  # the session setting this statement changes, if any
+    session_feature: str | None  # a session-scoped feature it uses, if any
+
+
+class StatementCache:
+    """Statements by (query text, parameter types) bytes, shared by all sessions; bounded."""
+
+    def __init__(self, capacity: int = 10000) -> None:
+        self.capacity = capacity
+        self._items: dict[bytes, Statement] = {}
+
+    def from_parse(self, body: bytes) -> tuple[str, Statement]:
+        """Decode a Parse body into (client name, shared Statement)."""
+        name, pos = read_cstr(body, 0)
+        key = body[pos:]
+        stmt = self._items.get(key)
+        if stmt is None:
+            query, _ = read_cstr(body, pos)
+            digest = hashlib.blake2b(key, digest_size=12).hexdigest()
+            server_name = f"sw_{digest}"
+            stmt = Statement(server_name, cstr(server_name) + key, query, parse_setting(query),
+                             session_only_feature(query))
+            if len(self._items) >= self.capacity:
+                self._items.pop(next(iter(self._items)))
+            self._items[key] = stmt
+        return name, stmt
+
+
+def split_statements(sql: str) -> list[str]:
+    """Split a multi-statement string on top-level semicolons (quotes, comments respected)."""
+    if ";" not in sql:
+        return [sql]
+    out: list[str] = []
+    start = 0
+    i = 0
+    n = len(sql)
+    while i < n:
+        ch = sql[i]
+        if ch == "'" or ch == '"':
+            end = sql.find(ch, i + 1)
+            while end != -1 and end + 1 < n and sql[end + 1] == ch:
+                end = sql.find(ch, end + 2)
+            i = n if end == -1 else end + 1
+            continue
+        if ch == "-" and sql.startswith("--", i):
+            end = sql.find("\n", i)
+            i = n if end == -1 else end + 1
+            continue
+        if ch == "/" and sql.startswith("/*", i):
+            end = sql.find("*/", i + 2)
+            i = n if end == -1 else end + 2
+            continue
+        if ch == "$":
+            close = sql.find("$", i + 1)
+            tag = sql[i:close + 1] if close != -1 else ""
+            if tag and (tag == "$$" or tag[1:-1].replace("_", "a").isalnum()):
+                end = sql.find(tag, close + 1)
+                i = n if end == -1 else end + len(tag)
+                continue
+        if ch == ";":
+            part = sql[start:i]
+            if part.strip():
+                out.append(part)
+            start = i + 1
+        i += 1
+    if sql[start:].strip():
+        out.append(sql[start:])
+    return out

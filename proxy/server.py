@@ -1,0 +1,267 @@
+"""The proxy's lifecycle: listen, accept and authenticate clients, own the pools, shut down.
+
+Graceful shutdown (uvicorn's habit): stop accepting, let clients finish their running
+transaction for up to `pool.shutdown_timeout`, then end every remaining session with a
+FATAL 57P01, as Postgres does on a fast shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import ssl
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+from proxy.backend.connection import ServerConnection
+from proxy.backend.pool import Pool, PoolTarget
+from proxy.config import Config
+from proxy.errors import (
+    AdminShutdown,
+    InternalError,
+    InvalidAuthorization,
+    ShardwireError,
+    UnknownDatabase,
+)
+from proxy.frontend.session import ClientSession, error_bytes
+from proxy.frontend.settings import (
+    CANONICAL,
+    quote_literal,
+    session_only_feature,
+    startup_settings,
+    sync_sql,
+)
+from proxy.frontend.startup import CancelTarget, ClientStream, authenticate, negotiate
+from proxy.frontend.statements import StatementCache
+from proxy.wire import messages as m
+
+log = logging.getLogger("shardwire.server")
+
+STARTUP_TIMEOUT = 30.0
+MAINTENANCE_INTERVAL = 10.0
+
+
+class Proxy:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.pools: dict[tuple[str, str, str], Pool] = {}
+        self.sessions: dict[int, ClientSession] = {}
+        self.statements = StatementCache()
+        self.max_server_statements = 2000
+        self.shutting_down = False
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._clients: set[asyncio.Task[Any]] = set()
+        self._maintenance: asyncio.Task[None] | None = None
+        self.ssl_context = self._make_ssl_context()
+        self.started_at = time.time()
+
+    def _make_ssl_context(self) -> ssl.SSLContext | None:
+        tls = self.config.tls
+        if tls is None:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(str(tls.cert), str(tls.key))
+        return ctx
+
+    # -------------------------------------------------------------------- lifecycle
+    async def start(self) -> None:
+        listen = self.config.listen
+        self._server = await asyncio.start_server(
+            self._handle_client, listen.host, listen.port, reuse_address=True, backlog=1024)
+        self._maintenance = asyncio.get_running_loop().create_task(self._maintain())
+        log.info("shardwire listening on %s:%d (database %r, %d shards, pool mode %s)",
+                 listen.host, self.port, self.config.database, len(self.config.shards),
+                 self.config.pool.mode)
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None and self._server.sockets
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        """Stop accepting; let transactions finish up to `timeout`; close everyone else."""
+        if timeout is None:
+            timeout = self.config.pool.shutdown_timeout
+        self.shutting_down = True
+        if self._server is not None:
+            self._server.close()
+        deadline = time.monotonic() + timeout
+        err = AdminShutdown("terminating connection due to administrator command",
+                            hint="shardwire is shutting down")
+        while self.sessions and time.monotonic() < deadline:
+            for session in list(self.sessions.values()):
+                if session.server is None:  # between transactions: safe to end now
+                    session.send_error(err, fatal=True)
+                    session.close()
+            if self.sessions:
+                await asyncio.sleep(0.05)
+        for session in list(self.sessions.values()):
+            session.send_error(err, fatal=True)
+            session.close()
+        if self._clients:
+            await asyncio.wait(self._clients, timeout=5)
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+        for pool in self.pools.values():
+            pool.close()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=2)
+        log.info("shardwire stopped")
+
+    async def _maintain(self) -> None:
+        while True:
+            await asyncio.sleep(MAINTENANCE_INTERVAL)
+            for pool in self.pools.values():
+                pool.prune()
+
+    # ------------------------------------------------------------------ services
+    def pool_for(self, shard: str, user: str) -> Pool:
+        key = (shard, "primary", user)
+        pool = self.pools.get(key)
+        if pool is None:
+            cfg = self.config
+            dsn = cfg.shard(shard).primary
+            user_cfg = cfg.auth.users.get(user)
+            server_user = (user_cfg.server_user if user_cfg else None) or dsn.user
+            password = (user_cfg.server_password if user_cfg else None) or dsn.password
+            pc = cfg.pool
+            pool = Pool(PoolTarget(shard, "primary", dsn.host, dsn.port, dsn.database,
+                                   server_user, password),
+                        size=pc.size, connect_timeout=pc.connect_timeout,
+                        checkout_timeout=pc.checkout_timeout,
+                        idle_timeout=pc.idle_timeout or float("inf"),
+                        lifetime=pc.server_lifetime or float("inf"))
+            self.pools[key] = pool
+        return pool
+
+    @staticmethod
+    def session_only(sql: str) -> str | None:
+        return session_only_feature(sql)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def send_cancel(self, server: ServerConnection) -> None:
+        host, _, port = server.address.rpartition(":")
+        try:
+            async with asyncio.timeout(5):
+                _, writer = await asyncio.open_connection(host, int(port))
+                writer.write(m.cancel_request(server.pid, server.key))
+                await writer.drain()
+                writer.close()
+        except (OSError, TimeoutError) as exc:
+            log.warning("could not send a cancel request to %s: %s", server.address, exc)
+
+    async def reset_and_release(self, pool: Pool, server: ServerConnection) -> None:
+        """Session mode: wipe the session state a client left before reusing the server."""
+        try:
+            async with asyncio.timeout(5):
+                await server.run_until_ready("DISCARD ALL")
+        except (OSError, TimeoutError) as exc:
+            log.warning("reset of %s failed: %s", server.address, exc)
+            pool.release(server, reusable=False)
+            return
+        server.prepared.clear()
+        server.settings.clear()
+        server.unnamed = None
+        pool.release(server)
+
+    def forget_session(self, session: ClientSession) -> None:
+        if self.sessions.get(session.pid) is session:
+            del self.sessions[session.pid]
+
+    def _new_backend_key(self) -> tuple[int, int]:
+        while True:
+            pid = secrets.randbits(31) or 1
+            if pid not in self.sessions:
+                return pid, secrets.randbits(31)
+
+    # ------------------------------------------------------------------ clients
+    async def _handle_client(self, reader: asyncio.StreamReader,
+                             writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._clients.add(task)
+        stream = ClientStream(reader, writer)
+        try:
+            await self._serve_client(stream)
+        except ShardwireError as err:
+            writer.write(error_bytes(err, fatal=True))
+        except (ConnectionError, TimeoutError, ssl.SSLError):
+            pass
+        except Exception as exc:
+            log.exception("unexpected error serving a client")
+            writer.write(error_bytes(InternalError(f"{type(exc).__name__}: {exc}"), fatal=True))
+        finally:
+            with contextlib.suppress(Exception):
+                writer.close()
+            if task is not None:
+                self._clients.discard(task)
+
+    async def _serve_client(self, stream: ClientStream) -> None:
+        result = await negotiate(stream, self.ssl_context, STARTUP_TIMEOUT)
+        if result is None:
+            return
+        if isinstance(result, CancelTarget):
+            target = self.sessions.get(result.pid)
+            if target is not None and target.key == result.key:
+                target.cancel()
+            return
+        startup = result
+        if self.shutting_down:
+            raise AdminShutdown("the database system is shutting down", sqlstate="57P03")
+        cfg = self.config
+        user_cfg = cfg.auth.users.get(startup.user)
+        await authenticate(stream, cfg.auth.method, startup.user,
+                           user_cfg.password if user_cfg else None, STARTUP_TIMEOUT)
+        if user_cfg is None and cfg.auth.users:
+            raise InvalidAuthorization(f'role "{startup.user}" does not exist')
+        if startup.database != cfg.database:
+            raise UnknownDatabase(f'database "{startup.database}" does not exist',
+                                  hint=f'shardwire serves the database "{cfg.database}"')
+        pid, key = self._new_backend_key()
+        session = ClientSession(self, stream, startup.user, pid, key)
+        await self._prime(session, startup_settings(startup.params))
+        stream.write(m.AUTHENTICATION_OK
+                     + b"".join(m.parameter_status(k, v) for k, v in session.params.items())
+                     + m.backend_key_data(pid, key) + m.READY_IDLE)
+        self.sessions[pid] = session
+        await session.run(startup.rest)
+
+    async def _prime(self, session: ClientSession, wanted: dict[str, str]) -> None:
+        """Work out the session's starting parameters as Postgres would report them."""
+        pool = self.pool_for(self.config.default_shard, session.user)
+        server = pool.try_acquire() or await pool.acquire()
+        reusable = False
+        try:
+            session.params = dict(server.initial_params)
+            reported = {CANONICAL[k.lower()]: v for k, v in wanted.items()
+                        if k.lower() in CANONICAL}
+            others = {k.lower(): quote_literal(v) for k, v in wanted.items()
+                      if k.lower() not in CANONICAL}
+            want_params = {**server.initial_params, **reported}
+            sql = sync_sql(want_params, server.params, others, server.settings)
+            if sql:
+                async with asyncio.timeout(self.config.pool.connect_timeout):
+                    frames = await server.run_until_ready(sql)
+                server.settings = dict(others)
+                for mtype, body in frames:
+                    if mtype == m.ERROR_RESPONSE:
+                        fields = m.decode_fields(body)
+                        server.settings.clear()
+                        reusable = True
+                        raise ShardwireError(fields.get("M", "invalid startup parameter"),
+                                             sqlstate=fields.get("C", "22023"),
+                                             detail=fields.get("D"), hint=fields.get("H"))
+            for name in reported:
+                session.params[name] = server.params.get(name, reported[name])
+            session.settings = dict(others)
+            reusable = True
+        finally:
+            pool.release(server, reusable=reusable)

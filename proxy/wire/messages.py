@@ -1,0 +1,248 @@
+"""Encoders and decoders for the Postgres v3 messages shardwire builds or must read.
+
+Everything else is forwarded as bytes. Pure functions over bytes; no I/O.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Mapping
+
+PROTOCOL_V3 = 196608  # 3.0
+SSL_REQUEST = 80877103
+GSSENC_REQUEST = 80877104
+CANCEL_REQUEST = 80877102
+
+_I16 = struct.Struct("!h")
+_I32 = struct.Struct("!i")
+_U32 = struct.Struct("!I")
+_II = struct.Struct("!ii")
+
+# Message type bytes (backend -> frontend).
+AUTHENTICATION = ord("R")
+PARAMETER_STATUS = ord("S")
+BACKEND_KEY_DATA = ord("K")
+READY_FOR_QUERY = ord("Z")
+ERROR_RESPONSE = ord("E")
+NOTICE_RESPONSE = ord("N")
+NOTIFICATION_RESPONSE = ord("A")
+COMMAND_COMPLETE = ord("C")
+PARSE_COMPLETE = ord("1")
+BIND_COMPLETE = ord("2")
+CLOSE_COMPLETE = ord("3")
+NO_DATA = ord("n")
+PARAMETER_DESCRIPTION = ord("t")
+ROW_DESCRIPTION = ord("T")
+DATA_ROW = ord("D")
+EMPTY_QUERY = ord("I")
+PORTAL_SUSPENDED = ord("s")
+COPY_IN_RESPONSE = ord("G")
+COPY_OUT_RESPONSE = ord("H")
+COPY_BOTH_RESPONSE = ord("W")
+FUNCTION_CALL_RESPONSE = ord("V")
+NEGOTIATE_PROTOCOL = ord("v")
+
+# Frontend -> backend.
+QUERY = ord("Q")
+PARSE = ord("P")
+BIND = ord("B")
+DESCRIBE = ord("D")
+EXECUTE = ord("E")
+CLOSE = ord("C")
+SYNC = ord("S")
+FLUSH = ord("H")
+TERMINATE = ord("X")
+COPY_DATA = ord("d")
+COPY_DONE = ord("c")
+COPY_FAIL = ord("f")
+FUNCTION_CALL = ord("F")
+PASSWORD = ord("p")  # also SASLInitialResponse / SASLResponse
+
+# Authentication request codes.
+AUTH_OK = 0
+AUTH_CLEARTEXT = 3
+AUTH_MD5 = 5
+AUTH_SASL = 10
+AUTH_SASL_CONTINUE = 11
+AUTH_SASL_FINAL = 12
+
+
+def message(mtype: int, body: bytes = b"") -> bytes:
+    return bytes((mtype,)) + _U32.pack(len(body) + 4) + body
+
+
+def cstr(text: str) -> bytes:
+    return text.encode() + b"\x00"
+
+
+def read_cstr(body: bytes, pos: int) -> tuple[str, int]:
+    """Read a NUL-terminated string at `pos`; return it and the position after the NUL."""
+    end = body.index(b"\x00", pos)
+    return body[pos:end].decode("utf-8", "surrogateescape"), end + 1
+
+
+# ---------------------------------------------------------------- backend messages we build
+
+
+def authentication(code: int, payload: bytes = b"") -> bytes:
+    return message(AUTHENTICATION, _I32.pack(code) + payload)
+
+
+AUTHENTICATION_OK = authentication(AUTH_OK)
+
+
+def authentication_sasl(mechanisms: Iterable[str]) -> bytes:
+    return authentication(AUTH_SASL, b"".join(cstr(m) for m in mechanisms) + b"\x00")
+
+
+def parameter_status(name: str, value: str) -> bytes:
+    return message(PARAMETER_STATUS, cstr(name) + cstr(value))
+
+
+def backend_key_data(pid: int, key: int) -> bytes:
+    return message(BACKEND_KEY_DATA, _II.pack(pid, key))
+
+
+READY_IDLE = message(READY_FOR_QUERY, b"I")
+READY_IN_TRANSACTION = message(READY_FOR_QUERY, b"T")
+READY_FAILED = message(READY_FOR_QUERY, b"E")
+PARSE_COMPLETE_MSG = message(PARSE_COMPLETE)
+BIND_COMPLETE_MSG = message(BIND_COMPLETE)
+CLOSE_COMPLETE_MSG = message(CLOSE_COMPLETE)
+NO_DATA_MSG = message(NO_DATA)
+EMPTY_QUERY_MSG = message(EMPTY_QUERY)
+
+
+def ready_for_query(status: bytes) -> bytes:
+    return message(READY_FOR_QUERY, status)
+
+
+def command_complete(tag: str) -> bytes:
+    return message(COMMAND_COMPLETE, cstr(tag))
+
+
+def error_response(
+    severity: str,
+    sqlstate: str,
+    text: str,
+    *,
+    detail: str | None = None,
+    hint: str | None = None,
+    notice: bool = False,
+) -> bytes:
+    fields = [b"S" + cstr(severity), b"V" + cstr(severity), b"C" + cstr(sqlstate),
+              b"M" + cstr(text)]
+    if detail:
+        fields.append(b"D" + cstr(detail))
+    if hint:
+        fields.append(b"H" + cstr(hint))
+    return message(NOTICE_RESPONSE if notice else ERROR_RESPONSE, b"".join(fields) + b"\x00")
+
+
+def row_description(columns: Iterable[tuple[str, int]]) -> bytes:
+    """A text-format RowDescription with (name, type oid) per column (admin/local answers)."""
+    parts = []
+    count = 0
+    for name, oid in columns:
+        count += 1
+        parts.append(cstr(name) + struct.pack("!ihihih", 0, 0, oid, -1, -1, 0))
+    return message(ROW_DESCRIPTION, _I16.pack(count) + b"".join(parts))
+
+
+def data_row(values: Iterable[bytes | None]) -> bytes:
+    parts = []
+    count = 0
+    for value in values:
+        count += 1
+        if value is None:
+            parts.append(_I32.pack(-1))
+        else:
+            parts.append(_I32.pack(len(value)) + value)
+    return message(DATA_ROW, _I16.pack(count) + b"".join(parts))
+
+
+# --------------------------------------------------------------- frontend messages we build
+
+
+def startup_message(params: Mapping[str, str]) -> bytes:
+    pairs = b"".join(cstr(k) + cstr(v) for k, v in params.items())
+    body = _I32.pack(PROTOCOL_V3) + pairs + b"\x00"
+    return _I32.pack(len(body) + 4) + body
+
+
+def cancel_request(pid: int, key: int) -> bytes:
+    return _I32.pack(16) + _I32.pack(CANCEL_REQUEST) + _II.pack(pid, key)
+
+
+def ssl_request() -> bytes:
+    return _I32.pack(8) + _I32.pack(SSL_REQUEST)
+
+
+def query(sql: str) -> bytes:
+    return message(QUERY, cstr(sql))
+
+
+def password_message(payload: bytes) -> bytes:
+    return message(PASSWORD, payload)
+
+
+def sasl_initial_response(mechanism: str, payload: bytes) -> bytes:
+    return message(PASSWORD, cstr(mechanism) + _I32.pack(len(payload)) + payload)
+
+
+def parse_message(name: str, sql: str, param_types: bytes = b"\x00\x00") -> bytes:
+    return message(PARSE, cstr(name) + cstr(sql) + param_types)
+
+
+def close_statement(name: str) -> bytes:
+    return message(CLOSE, b"S" + cstr(name))
+
+
+SYNC_MSG = message(SYNC)
+TERMINATE_MSG = message(TERMINATE)
+
+
+# ---------------------------------------------------------------------------- decoders
+
+
+def decode_startup(packet: bytes) -> tuple[int, dict[str, str]]:
+    """Decode a startup-phase packet body (after its length): (code, parameters)."""
+    (code,) = _I32.unpack_from(packet, 0)
+    params: dict[str, str] = {}
+    if code != PROTOCOL_V3:
+        return code, params
+    pos = 4
+    while pos < len(packet) and packet[pos] != 0:
+        key, pos = read_cstr(packet, pos)
+        value, pos = read_cstr(packet, pos)
+        params[key] = value
+    return code, params
+
+
+def decode_cancel(packet: bytes) -> tuple[int, int]:
+    return _II.unpack_from(packet, 4)
+
+
+def decode_fields(body: bytes) -> dict[str, str]:
+    """ErrorResponse / NoticeResponse fields by their one-letter code."""
+    fields: dict[str, str] = {}
+    pos = 0
+    while pos < len(body) and body[pos] != 0:
+        code = chr(body[pos])
+        value, pos = read_cstr(body, pos + 1)
+        fields[code] = value
+    return fields
+
+
+def decode_parameter_status(body: bytes) -> tuple[str, str]:
+    name, pos = read_cstr(body, 0)
+    value, _ = read_cstr(body, pos)
+    return name, value
+
+
+def decode_int32(body: bytes, pos: int = 0) -> int:
+    return _I32.unpack_from(body, pos)[0]
+
+
+def decode_key_data(body: bytes) -> tuple[int, int]:
+    return _II.unpack_from(body, 0)
