@@ -12,6 +12,7 @@ venv: $(STAMP)
 
 # (Re)install whenever pyproject.toml is newer than the stamp.
 $(STAMP): pyproject.toml
+	bash scripts/ensure-system-deps.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -e '.[test]'
 	touch $(STAMP)
