@@ -39,8 +39,17 @@ async def serve(config: Config, ready: Callable[[int], None] | None = None) -> i
     """Serve until SIGINT/SIGTERM, then shut down gracefully."""
     from proxy.server import Proxy
 
-    proxy = Proxy(config)
-    await proxy.start()
+    try:
+        proxy = Proxy(config)
+        await proxy.start()
+    except ConfigError as exc:  # e.g. unreadable TLS files
+        print(f"shardwire: invalid topology: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # e.g. the port is taken; was a bare traceback (fault tests)
+        listen = config.listen
+        print(f"shardwire: cannot listen on {listen.host}:{listen.port}: "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        return 1
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -66,6 +75,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"shardwire: invalid topology: {exc}", file=sys.stderr)
+        return 2
+    try:
+        # Also load the TLS files, so `check` refuses what `serve` would refuse.
+        from proxy.server import make_ssl_context
+
+        make_ssl_context(config)
     except ConfigError as exc:
         print(f"shardwire: invalid topology: {exc}", file=sys.stderr)
         return 2

@@ -21,6 +21,7 @@ from proxy.backend.pool import Pool, PoolTarget
 from proxy.config import Config
 from proxy.errors import (
     AdminShutdown,
+    ConfigError,
     InternalError,
     InvalidAuthorization,
     ShardwireError,
@@ -44,6 +45,30 @@ STARTUP_TIMEOUT = 30.0
 MAINTENANCE_INTERVAL = 10.0
 
 
+def make_ssl_context(config: Config) -> ssl.SSLContext | None:
+    """The server-side TLS context for `config.tls`; ConfigError naming the key if the
+    files cannot be used. (Fault tests: a missing file used to end `serve` with a bare
+    traceback, FileNotFoundError without even the file name.)"""
+    tls = config.tls
+    if tls is None:
+        return None
+    for key, path in (("tls.cert", tls.cert), ("tls.key", tls.key)):
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise ConfigError(config.source, key,
+                              f"cannot read {path}: {exc.strerror or exc}") from None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        ctx.load_cert_chain(str(tls.cert), str(tls.key))
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        raise ConfigError(config.source, "tls",
+                          f"cannot load certificate {tls.cert} with key {tls.key}: "
+                          f"{exc}") from None
+    return ctx
+
+
 class Proxy:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -56,16 +81,10 @@ class Proxy:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._clients: set[asyncio.Task[Any]] = set()
         self._maintenance: asyncio.Task[None] | None = None
-        self.ssl_context = self._make_ssl_context()
+        # Connections still in startup/authentication (not yet in `sessions`).
+        self._handshaking: set[asyncio.Task[Any]] = set()
+        self.ssl_context = make_ssl_context(config)
         self.started_at = time.time()
-
-    def _make_ssl_context(self) -> ssl.SSLContext | None:
-        tls = self.config.tls
-        if tls is None:
-            return None
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.load_cert_chain(str(tls.cert), str(tls.key))
-        return ctx
 
     # -------------------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -89,12 +108,16 @@ class Proxy:
         self.shutting_down = True
         if self._server is not None:
             self._server.close()
+        # Clients still logging in get 57P03 now (as from Postgres) instead of holding the
+        # exit back (they used to delay it by 5 s, or by their whole login timeout).
+        for task in list(self._handshaking):
+            task.cancel()
         deadline = time.monotonic() + timeout
         err = AdminShutdown("terminating connection due to administrator command",
                             hint="shardwire is shutting down")
         while self.sessions and time.monotonic() < deadline:
             for session in list(self.sessions.values()):
-                if session.server is None:  # between transactions: safe to end now
+                if self._between_transactions(session):  # safe to end now
                     session.send_error(err, fatal=True)
                     session.close()
             if self.sessions:
@@ -111,6 +134,14 @@ class Proxy:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=2)
         log.info("shardwire stopped")
+
+    @staticmethod
+    def _between_transactions(session: ClientSession) -> bool:
+        """No transaction open and nothing running. In session mode an idle client keeps
+        its server, so `server is None` alone made idle session-mode clients wait for the
+        whole shutdown_timeout (fault tests)."""
+        server = session.server
+        return server is None or (not session.queue and server.status == b"I")
 
     async def _maintain(self) -> None:
         while True:
@@ -147,24 +178,54 @@ class Proxy:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def send_cancel(self, server: ServerConnection) -> None:
+    def send_cancel(self, server: ServerConnection) -> Coroutine[Any, Any, None]:
+        """Cancel what `server` runs; returns the coroutine to spawn.
+
+        Not async on purpose: the server is marked as having a cancel in flight *now*, before
+        the statement can finish, so the pool holds it back until the cancel has landed.
+        (Fault tests: a late cancel used to hit the next client's statement on the same
+        server once the pool had handed it on.)"""
+        server.cancels_in_flight += 1
+        return self._send_cancel(server)
+
+    async def _send_cancel(self, server: ServerConnection) -> None:
         host, _, port = server.address.rpartition(":")
+        delivered = False
+        writer: asyncio.StreamWriter | None = None
         try:
             async with asyncio.timeout(5):
-                _, writer = await asyncio.open_connection(host, int(port))
+                reader, writer = await asyncio.open_connection(host, int(port))
                 writer.write(m.cancel_request(server.pid, server.key))
                 await writer.drain()
-                writer.close()
+                # Postgres signals the backend, then closes: after EOF the cancel has landed
+                # (a backend idle at that moment ignores it, as it should).
+                await reader.read()
+                delivered = True
         except (OSError, TimeoutError) as exc:
             log.warning("could not send a cancel request to %s: %s", server.address, exc)
+        finally:
+            if writer is not None:
+                writer.close()
+            server.cancels_in_flight -= 1
+            pool = server.parked
+            if pool is not None and server.cancels_in_flight == 0:
+                server.parked = None
+                # Unconfirmed cancel: it may still hit whatever runs next there; close it.
+                pool.release(server, reusable=delivered)
 
     async def reset_and_release(self, pool: Pool, server: ServerConnection) -> None:
         """Session mode: wipe the session state a client left before reusing the server."""
         try:
             async with asyncio.timeout(5):
-                await server.run_until_ready("DISCARD ALL")
+                frames = await server.run_until_ready("DISCARD ALL")
         except (OSError, TimeoutError) as exc:
             log.warning("reset of %s failed: %s", server.address, exc)
+            pool.release(server, reusable=False)
+            return
+        if any(mtype == m.ERROR_RESPONSE for mtype, _ in frames):
+            # E.g. a late cancel hit the DISCARD ALL: the old session state is still there.
+            log.warning("reset of %s failed: %s", server.address,
+                        [m.decode_fields(body).get("M") for _, body in frames])
             pool.release(server, reusable=False)
             return
         server.prepared.clear()
@@ -188,9 +249,16 @@ class Proxy:
         task = asyncio.current_task()
         if task is not None:
             self._clients.add(task)
+            self._handshaking.add(task)
         stream = ClientStream(reader, writer)
         try:
             await self._serve_client(stream)
+        except asyncio.CancelledError:
+            if not self.shutting_down or task is None or task not in self._handshaking:
+                raise
+            # Cancelled by shutdown() while still logging in.
+            writer.write(error_bytes(AdminShutdown("the database system is shutting down",
+                                                   sqlstate="57P03"), fatal=True))
         except ShardwireError as err:
             writer.write(error_bytes(err, fatal=True))
         except (ConnectionError, TimeoutError, ssl.SSLError):
@@ -203,6 +271,7 @@ class Proxy:
                 writer.close()
             if task is not None:
                 self._clients.discard(task)
+                self._handshaking.discard(task)
 
     async def _serve_client(self, stream: ClientStream) -> None:
         result = await negotiate(stream, self.ssl_context, STARTUP_TIMEOUT)
@@ -232,6 +301,9 @@ class Proxy:
                      + b"".join(m.parameter_status(k, v) for k, v in session.params.items())
                      + m.backend_key_data(pid, key) + m.READY_IDLE)
         self.sessions[pid] = session
+        task = asyncio.current_task()
+        if task is not None:
+            self._handshaking.discard(task)
         await session.run(startup.rest)
 
     async def _prime(self, session: ClientSession, wanted: dict[str, str]) -> None:

@@ -12,12 +12,15 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict, deque
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from proxy.errors import ProtocolViolation, ShardUnavailable
 from proxy.wire import messages as m
 from proxy.wire.auth import ScramClient, md5_password_hash
 from proxy.wire.framing import Frame, Framer
+
+if TYPE_CHECKING:
+    from proxy.backend.pool import Pool
 
 log = logging.getLogger("shardwire.backend")
 
@@ -56,6 +59,10 @@ class ServerConnection(asyncio.Protocol):
         self.prepared: OrderedDict[str, None] = OrderedDict()
         # Identity of the Parse message body currently held as the unnamed statement.
         self.unnamed: bytes | None = None
+        # Cancel requests sent for this connection and not yet confirmed by the server;
+        # while any are, the pool parks the connection (`parked`) instead of reusing it.
+        self.cancels_in_flight = 0
+        self.parked: Pool | None = None
         self.created_at = time.monotonic()
         self.last_used = self.created_at
         self._inbox: deque[tuple[int, bytes]] = deque()

@@ -14,7 +14,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from proxy.backend.connection import ServerConnection, open_server
-from proxy.errors import CheckoutTimeout
+from proxy.errors import CheckoutTimeout, ShardUnavailable
 
 log = logging.getLogger("shardwire.pool")
 
@@ -77,14 +77,15 @@ class Pool:
         self.waiters.append(fut)
         try:
             async with asyncio.timeout(self.checkout_timeout):
-                conn = await fut
+                conn = await fut  # raises ShardUnavailable if a connect attempt failed
         except TimeoutError:
             raise CheckoutTimeout(
                 f'no server connection to shard "{self.target.shard}" became free within '
                 f"{self.checkout_timeout:g}s (pool size {self.size})",
                 hint="raise pool.size or pool.checkout_timeout, or shorten transactions") from None
         except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled() and fut.result() is not None:
+            if (fut.done() and not fut.cancelled() and fut.exception() is None
+                    and fut.result() is not None):
                 self.release(fut.result())  # type: ignore[arg-type]
             raise
         finally:
@@ -102,6 +103,15 @@ class Pool:
             conn = await open_server(shard=t.shard, role=t.role, host=t.host, port=t.port,
                                      user=t.user, database=t.database, password=t.password,
                                      connect_timeout=self.connect_timeout)
+        except ShardUnavailable as exc:
+            self.total -= 1
+            self.connect_errors += 1
+            # Fail fast: the clients queued behind this attempt would each try the same
+            # unreachable shard in turn (one connect_timeout apiece) and the last ones end
+            # with a misleading 53300 checkout timeout. Hand them this error now instead
+            # (pgbouncer does the same while server logins fail).
+            self._fail_waiters(exc)
+            raise
         except BaseException:
             self.total -= 1
             self.connect_errors += 1
@@ -123,6 +133,11 @@ class Pool:
             self.total -= 1
             self._offer(None)
             return
+        if conn.cancels_in_flight:
+            # A cancel for its last statement is still on its way: handing it on now could
+            # cancel the next client's statement. The canceller releases it when done.
+            conn.parked = self
+            return
         if not self._offer(conn):
             self.idle.append(conn)
 
@@ -134,6 +149,13 @@ class Pool:
                 fut.set_result(conn)
                 return True
         return False
+
+    def _fail_waiters(self, exc: ShardUnavailable) -> None:
+        while self.waiters:
+            fut = self.waiters.popleft()
+            if not fut.done():
+                fut.set_exception(ShardUnavailable(exc.message, detail=exc.detail,
+                                                   hint=exc.hint, sqlstate=exc.sqlstate))
 
     def prune(self) -> None:
         """Close connections idle longer than idle_timeout (called periodically)."""

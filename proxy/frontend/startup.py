@@ -62,7 +62,11 @@ async def negotiate(stream: ClientStream, tls: ssl.SSLContext | None,
                     timeout: float) -> Startup | CancelTarget | None:
     """Read startup packets until a StartupMessage or CancelRequest; None if the client left."""
     framer = StartupFramer()
-    ssl_done = False
+    # One SSLRequest and one GSSENCRequest at most, as in Postgres' ProcessStartupPacket;
+    # once TLS is on, GSS encryption is not offered either. A repeat falls through to the
+    # "unsupported frontend protocol" error. (Fault tests: a repeated GSSENCRequest used
+    # to be answered 'N' forever.)
+    ssl_done = gss_done = False
     async with asyncio.timeout(timeout):
         while True:
             packet = None
@@ -82,18 +86,42 @@ async def negotiate(stream: ClientStream, tls: ssl.SSLContext | None,
                 stream.write(b"S")
                 await stream.writer.drain()
                 await stream.writer.start_tls(tls)
+                gss_done = True
                 continue
-            if code == m.GSSENC_REQUEST:
+            if code == m.GSSENC_REQUEST and not gss_done:
+                # Bytes pipelined after it used to wait unanswered until the login timeout.
+                if framer.take_rest():
+                    raise ProtocolViolation(
+                        "received unencrypted data after GSSAPI encryption request")
+                gss_done = True
                 stream.write(b"N")
                 continue
             if code == m.CANCEL_REQUEST:
+                # A short packet used to crash decode_cancel (struct.error -> XX000 [BUG]).
+                if len(packet) != 12:
+                    raise ProtocolViolation("invalid length of cancel request packet")
                 pid, key = m.decode_cancel(packet)
                 return CancelTarget(pid, key)
-            if code != m.PROTOCOL_V3:
-                major, minor = code >> 16, code & 0xFFFF
+            major, minor = code >> 16, code & 0xFFFF
+            if major != 3:
+                # Postgres reports this as 0A000, not 08P01.
                 raise ProtocolViolation(
-                    f"unsupported frontend protocol {major}.{minor}: server supports 3.0")
-            _, params = m.decode_startup(packet)
+                    f"unsupported frontend protocol {major}.{minor}: server supports 3.0",
+                    sqlstate="0A000")
+            try:
+                _, params = m.decode_startup(packet)
+            except ValueError:
+                # Was an uncaught ValueError (reported as XX000 [BUG]); Postgres: 08P01.
+                raise ProtocolViolation(
+                    "invalid startup packet layout: expected terminator as last byte") from None
+            # A newer 3.x minor (libpq 18 with max_protocol_version=3.2/latest) or protocol
+            # options (_pq_.*) are answered with NegotiateProtocolVersion and served as 3.0,
+            # as Postgres does; they used to be refused as "unsupported frontend protocol".
+            unrecognized = [k for k in params if k.startswith("_pq_.")]
+            if minor > 0 or unrecognized:
+                for k in unrecognized:
+                    del params[k]
+                stream.write(m.negotiate_protocol_version(m.PROTOCOL_V3, unrecognized))
             user = params.get("user")
             if not user:
                 raise InvalidAuthorization("no PostgreSQL user name specified in startup packet")
@@ -143,6 +171,9 @@ async def authenticate(stream: ClientStream, method: str, user: str, secret: str
             if mechanism != "SCRAM-SHA-256":
                 raise ProtocolViolation(
                     f"client selected an invalid SASL authentication mechanism {mechanism!r}")
+            if len(body) < pos + 4:
+                # decode_int32 raised struct.error here, which escaped as XX000 [BUG].
+                raise ProtocolViolation("insufficient data left in message")
             length = m.decode_int32(body, pos)
             first = body[pos + 4: pos + 4 + length] if length >= 0 else b""
             stream.write(m.authentication(m.AUTH_SASL_CONTINUE, server.handle_client_first(first)))

@@ -27,15 +27,20 @@ Frame = tuple[int, int, int]  # (type byte, body start offset, end offset)
 class Framer:
     """Accumulates a byte stream and cuts it into complete typed messages."""
 
-    __slots__ = ("_pending", "max_length")
+    __slots__ = ("_have", "_need", "_parts", "max_length")
 
     def __init__(self, max_length: int = MAX_MESSAGE_LENGTH) -> None:
-        self._pending = b""
+        # The trailing partial message, kept as a list of chunks and joined once, when
+        # `_need` bytes have arrived. (Fault tests: it used to be re-concatenated on every
+        # read, quadratic in the message size: a 32 MB query took 4 s instead of 0.2 s.)
+        self._parts: list[bytes] = []
+        self._have = 0
+        self._need = 0
         self.max_length = max_length
 
     @property
     def buffered(self) -> int:
-        return len(self._pending)
+        return self._have
 
     def feed(self, data: bytes) -> tuple[bytes, list[Frame]]:
         """Add `data`; return (region, frames) for every complete message now available.
@@ -43,8 +48,14 @@ class Framer:
         `region` holds exactly the complete messages; a trailing partial message stays
         buffered for the next call. Raises ProtocolViolation on an impossible length.
         """
-        if self._pending:
-            data = self._pending + data
+        if self._parts:
+            self._parts.append(data)
+            self._have += len(data)
+            if self._have < self._need:
+                return b"", []
+            data = b"".join(self._parts)
+            self._parts = []
+            self._have = 0
         frames: list[Frame] = []
         pos = 0
         size = len(data)
@@ -63,9 +74,12 @@ class Framer:
             frames.append((mtype, pos + 5, end))
             pos = end
         if pos == size:
-            self._pending = b""
             return data, frames
-        self._pending = data[pos:]
+        rest = data[pos:]
+        self._parts = [rest]
+        self._have = len(rest)
+        # The whole message once its header is known, else just enough for the header.
+        self._need = 1 + _INT32.unpack_from(rest, 1)[0] if len(rest) >= 5 else 5
         return data[:pos], frames
 
 

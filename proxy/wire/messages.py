@@ -72,7 +72,9 @@ def message(mtype: int, body: bytes = b"") -> bytes:
 
 
 def cstr(text: str) -> bytes:
-    return text.encode() + b"\x00"
+    # surrogateescape: the inverse of read_cstr, so non-UTF-8 client bytes (a latin1 user
+    # name in an error message) round-trip instead of raising UnicodeEncodeError.
+    return text.encode("utf-8", "surrogateescape") + b"\x00"
 
 
 def read_cstr(body: bytes, pos: int) -> tuple[str, int]:
@@ -111,6 +113,14 @@ BIND_COMPLETE_MSG = message(BIND_COMPLETE)
 CLOSE_COMPLETE_MSG = message(CLOSE_COMPLETE)
 NO_DATA_MSG = message(NO_DATA)
 EMPTY_QUERY_MSG = message(EMPTY_QUERY)
+
+
+def negotiate_protocol_version(newest: int, unrecognized: Iterable[str]) -> bytes:
+    """NegotiateProtocolVersion. `newest` is a whole protocol version (196608 for 3.0): the
+    docs say "newest minor", but Postgres sends major << 16 | minor and libpq expects it."""
+    names = list(unrecognized)
+    return message(NEGOTIATE_PROTOCOL, _I32.pack(newest) + _I32.pack(len(names))
+                   + b"".join(cstr(n) for n in names))
 
 
 def ready_for_query(status: bytes) -> bytes:
@@ -206,16 +216,23 @@ TERMINATE_MSG = message(TERMINATE)
 
 
 def decode_startup(packet: bytes) -> tuple[int, dict[str, str]]:
-    """Decode a startup-phase packet body (after its length): (code, parameters)."""
+    """Decode a startup-phase packet body (after its length): (code, parameters).
+
+    Raises ValueError when a v3 packet's parameter list is malformed (a string without
+    its NUL, or no final terminator), which Postgres reports as "invalid startup packet
+    layout"."""
     (code,) = _I32.unpack_from(packet, 0)
     params: dict[str, str] = {}
-    if code != PROTOCOL_V3:
+    if code >> 16 != 3:  # any 3.x has the same layout (3.2 is negotiated down to 3.0)
         return code, params
     pos = 4
     while pos < len(packet) and packet[pos] != 0:
-        key, pos = read_cstr(packet, pos)
+        key, pos = read_cstr(packet, pos)  # ValueError if the NUL is missing
         value, pos = read_cstr(packet, pos)
         params[key] = value
+    # Fault tests: "user\0\0" used to decode as user="" (the terminator eaten as a value).
+    if pos != len(packet) - 1:
+        raise ValueError("expected terminator as last byte")
     return code, params
 
 
