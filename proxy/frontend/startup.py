@@ -7,6 +7,8 @@ per client connection, so it favours clarity over speed.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import secrets
 import ssl
 from dataclasses import dataclass, field
@@ -20,12 +22,21 @@ from proxy.wire import messages as m
 from proxy.wire.auth import (
     AuthenticationFailed,
     ScramServer,
+    make_scram_verifier,
     md5_verify,
     parse_scram_verifier,
 )
 from proxy.wire.framing import Framer, StartupFramer
 
 READ_SIZE = 65536
+_MOCK_SALT_KEY = secrets.token_bytes(32)  # per process, like Postgres' mock authentication nonce
+
+
+def mock_verifier(user: str) -> str:
+    """A SCRAM verifier for a user that does not exist: same salt for the same name."""
+    salt = hmac.digest(_MOCK_SALT_KEY, user.encode("utf-8", "surrogateescape"),
+                       hashlib.sha256)[:16]
+    return make_scram_verifier(secrets.token_hex(16), salt=salt).to_string()
 
 
 @dataclass
@@ -151,8 +162,9 @@ async def authenticate(stream: ClientStream, method: str, user: str, secret: str
         return
     failed = InvalidPassword(f'password authentication failed for user "{user}"')
     if secret is None:
-        # Unknown user: fail the same way as a wrong password, so user names cannot be probed.
-        secret = secrets.token_hex(16)
+        # Unknown user: fail the same way as a wrong password, with a salt that is stable per
+        # user name (Postgres' scram_mock_salt), so user names cannot be probed.
+        secret = mock_verifier(user) if method != "md5" else secrets.token_hex(16)
     framer = Framer(max_length=10000)
     async with asyncio.timeout(timeout):
         if method == "md5" and parse_scram_verifier(secret) is None:
