@@ -30,9 +30,9 @@ from proxy.errors import (
 from proxy.frontend.session import ClientSession, error_bytes
 from proxy.frontend.settings import (
     CANONICAL,
-    quote_literal,
     session_only_feature,
     startup_settings,
+    startup_value_sql,
     sync_sql,
 )
 from proxy.frontend.startup import CancelTarget, ClientStream, authenticate, negotiate
@@ -315,7 +315,7 @@ class Proxy:
             session.params = dict(server.initial_params)
             reported = {CANONICAL[k.lower()]: v for k, v in wanted.items()
                         if k.lower() in CANONICAL}
-            others = {k.lower(): quote_literal(v) for k, v in wanted.items()
+            others = {k.lower(): startup_value_sql(k, v) for k, v in wanted.items()
                       if k.lower() not in CANONICAL}
             want_params = {**server.initial_params, **reported}
             sql = sync_sql(want_params, server.params, others, server.settings)

@@ -22,7 +22,16 @@ from typing import TYPE_CHECKING
 
 from proxy.backend.connection import ServerConnection
 from proxy.errors import FeatureNotSupported, ProtocolViolation, ShardwireError
-from proxy.frontend.settings import SettingChange, apply_change, parse_setting, sync_sql
+from proxy.frontend.settings import (
+    SETTABLE_REPORTED,
+    Savepoint,
+    SettingChange,
+    apply_change,
+    parse_tracked,
+    quote_literal,
+    reset_target,
+    sync_sql,
+)
 from proxy.frontend.statements import Statement, split_statements
 from proxy.wire import messages as m
 from proxy.wire.framing import Frame, Framer
@@ -43,6 +52,9 @@ K_EXECUTE = 4  # Execute: ends at CommandComplete, EmptyQueryResponse or PortalS
 K_SYNTH = 5  # answered by the proxy: emit payload when reached
 K_SWALLOW_ONE = 6  # a Parse the proxy injected: drop its ParseComplete
 K_SWALLOW_Z = 7  # a query the proxy injected: drop everything through ReadyForQuery
+K_FAIL_QUERY = 8  # a refused Query: the server fails in its stead, data replaces its error
+K_FAIL_ONE = 9  # a refused Parse: likewise, then the server skips to Sync
+K_RESTORE = 10  # startup values set again after RESET: like K_SWALLOW_Z, but see _restore
 
 _ASYNC = frozenset({m.NOTICE_RESPONSE, m.NOTIFICATION_RESPONSE, m.PARAMETER_STATUS})
 _EXECUTE_END = frozenset({m.COMMAND_COMPLETE, m.EMPTY_QUERY, m.PORTAL_SUSPENDED})
@@ -53,6 +65,9 @@ _VALID_FRONTEND = frozenset({
     m.COPY_DATA, m.COPY_DONE, m.COPY_FAIL, m.FUNCTION_CALL,
 })
 WRITE_HIGH_WATER = 1 << 20
+# Sent in place of a refused statement: fails at parse time, changes nothing on the server.
+_FAIL_QUERY = m.query("shardwire refused this statement")
+_FAIL_PARSE = m.parse_message("shardwire_refused", "shardwire refused this statement")
 
 
 class Entry:
@@ -78,10 +93,22 @@ class ClientSession:
         # Session state the client expects, replayed onto each server it borrows.
         self.params: dict[str, str] = {}
         self.settings: dict[str, str] = {}
-        self.pending: list[SettingChange] = []
+        # Changes of the transaction in progress, applied when it commits: (change, for the
+        # client too; False for the proxy's own restores, which concern the server only).
+        self.pending: list[tuple[SettingChange, bool]] = []
+        self.savepoints: list[tuple[str, int]] = []  # (name, len(pending) when made)
+        self.failed = False  # an ErrorResponse since the last ReadyForQuery
+        # What RESET returns to (set in run(), after startup): the startup settings, and
+        # the startup values of reported parameters that differ from the server's defaults.
+        self.defaults: dict[str, str] = {}
+        self.start_params: dict[str, str] = {}
+        self.default_params: dict[str, str] | None = None  # computed at first checkout
+        self.restorable = False
+        self.portal_resets: dict[str, str] = {}  # portal -> its statement's reset_target
+        self.resets: set[str] = set()  # reset targets executed since the last Sync
         # Prepared statements by client name; "" is the unnamed statement.
         self.stmts: dict[str, Statement] = {}
-        self.portal_changes: dict[str, SettingChange] = {}
+        self.portal_changes: dict[str, SettingChange | Savepoint] = {}
         self.unnamed_body = b""  # the client's last unnamed Parse, to replay on another server
         self.server: ServerConnection | None = None
         self.pool: Pool | None = None
@@ -94,6 +121,8 @@ class ClientSession:
     # ----------------------------------------------------------------- client -> server
     async def run(self, rest: bytes) -> None:
         """Serve the client until it terminates or disconnects."""
+        self.defaults = dict(self.settings)
+        self.start_params = {k: v for k, v in self.params.items() if k in SETTABLE_REPORTED}
         data = rest
         try:
             while not self.closed:
@@ -120,6 +149,10 @@ class ClientSession:
                 self.closed = True
                 break
             if self.skipping and mtype != m.SYNC:
+                continue
+            problem = m.malformed_frontend(mtype, region, start, end)
+            if problem is not None:
+                self.reject(ShardwireError(problem, sqlstate="08P01"), simple=mtype == m.QUERY)
                 continue
             if mtype in _COPY_MESSAGES:
                 if self.server is not None:
@@ -183,6 +216,10 @@ class ClientSession:
         name = words[1]
         if name.lower() == "all":
             self.stmts = {k: v for k, v in self.stmts.items() if k == ""}
+            if not self.transaction_mode:
+                # Session mode: the server is the client's own and may hold its SQL-level
+                # PREPAREs, which must go too; Postgres runs it (see _on_command_complete).
+                return None
             return "DEALLOCATE ALL"
         if name.startswith('"') and name.endswith('"'):
             name = name[1:-1].replace('""', '"')
@@ -204,6 +241,10 @@ class ClientSession:
         self.server = server
         self.pool = pool
         server.sink = self
+        if self.default_params is None:
+            self.default_params = {k: v for k, v in self.start_params.items()
+                                   if server.initial_params.get(k) != v}
+            self.restorable = bool(self.defaults or self.default_params)
         sql = sync_sql(self.params, server.params, self.settings, server.settings)
         if sql:
             server.settings = dict(self.settings)
@@ -230,12 +271,17 @@ class ClientSession:
             if tag is not None:
                 self.synth(m.command_complete(tag) + m.ready_for_query(server.status))
                 return
-            changes = None
+            changes = restore = None
             if sql.lstrip()[:1] in "sSrRdD":
-                found = [c for c in map(parse_setting, split_statements(sql)) if c is not None]
+                parts = split_statements(sql)
+                found = [c for c in map(parse_tracked, parts) if c is not None]
                 changes = deque(found) if found else None
+                if self.restorable:
+                    restore = {t for t in map(reset_target, parts) if t is not None}
             self.out.append(region[start - 5:end])
             queue.append(Entry(K_QUERY, changes))
+            if restore:
+                self._restore(restore)
         elif mtype == m.BIND:
             portal, pos = m.read_cstr(region, start)
             name, pos = m.read_cstr(region, pos)
@@ -250,17 +296,29 @@ class ClientSession:
                     self.portal_changes[portal] = stmt.change
                 elif self.portal_changes:
                     self.portal_changes.pop(portal, None)
+                if self.restorable:
+                    if stmt.reset is not None:
+                        self.portal_resets[portal] = stmt.reset
+                    else:
+                        self.portal_resets.pop(portal, None)
             queue.append(Entry(K_ONE))
         elif mtype == m.EXECUTE:
             self.out.append(region[start - 5:end])
             change = None
-            if self.portal_changes:
+            if self.portal_changes or self.portal_resets:
                 portal, _ = m.read_cstr(region, start)
                 change = self.portal_changes.get(portal)
+                target = self.portal_resets.get(portal)
+                if target is not None:
+                    self.resets.add(target)
             queue.append(Entry(K_EXECUTE, change))
         elif mtype == m.SYNC:
+            self.skipping = False  # a Sync ends the skip after an error (as in Postgres)
             self.out.append(region[start - 5:end])
             queue.append(Entry(K_SYNC))
+            if self.resets:
+                self._restore(self.resets)
+                self.resets = set()
         elif mtype == m.PARSE:
             self.parse(region[start:end])
         elif mtype == m.DESCRIBE or mtype == m.CLOSE:
@@ -289,6 +347,27 @@ class ClientSession:
             queue.append(Entry(K_QUERY))
         else:  # pragma: no cover - filtered by _VALID_FRONTEND
             raise ProtocolViolation(f"unexpected message type {mtype}")
+
+    def _restore(self, targets: set[str]) -> None:
+        """After RESET-like statements (a simple Query, or extended ones up to a Sync).
+
+        Postgres' RESET returns a setting to the client's startup value, the server's to
+        its own default: queue a query setting the startup values again (in the same
+        transaction). Its ParameterStatus messages reach the client, and its ReadyForQuery
+        stands in for the one of the client's request, held back until then."""
+        every = "" in targets
+        sql: list[str] = []
+        changes: list[SettingChange] = []
+        for name, value in (self.default_params or {}).items():
+            if every or name.lower() in targets:
+                sql.append(f"SET {name} TO {quote_literal(value)}")
+        for name, value in self.defaults.items():
+            if every or name in targets:
+                sql.append(f"SET {name} TO {value}")
+                changes.append(SettingChange(name, value))
+        if sql:
+            self.out.append(m.query(";".join(sql)))
+            self.queue.append(Entry(K_RESTORE, changes))
 
     def parse(self, body: bytes) -> None:
         name, stmt = self.proxy.statements.from_parse(body)
@@ -354,23 +433,23 @@ class ClientSession:
             self.write(payload)
 
     def reject(self, err: ShardwireError, *, simple: bool) -> None:
-        """Report a request the proxy refuses, as Postgres would report an error there."""
+        """Report a request the proxy refuses, as Postgres would report an error there.
+
+        With a server attached, the server is made to fail in the statement's place (a
+        statement that cannot parse) and its ErrorResponse is replaced by ours: the
+        transaction is aborted, later extended messages are skipped up to Sync and the
+        ReadyForQuery status is the server's own, exactly as if Postgres had refused it;
+        and a ReadyForQuery 'I' gives the server back to the pool as usual."""
         payload = error_bytes(err)
+        if self.server is not None:
+            self.out.append(_FAIL_QUERY if simple else _FAIL_PARSE)
+            self.queue.append(Entry(K_FAIL_QUERY if simple else K_FAIL_ONE, payload))
+            return
         if simple:
-            status = self.server.status if self.server is not None else b"I"
-            if status == b"T":
-                status = b"E"  # Postgres aborts the transaction block on any error
-                if self.server is not None:
-                    self._abort_server_transaction()
-            payload += m.ready_for_query(status)
+            payload += m.READY_IDLE  # no server: no transaction in progress
         else:
             self.skipping = True
         self.synth(payload)
-
-    def _abort_server_transaction(self) -> None:
-        """Put the server's transaction into failed state too, so later statements get 25P02."""
-        self.out.append(m.query("DO $$BEGIN RAISE EXCEPTION 'shardwire: aborted'; END$$"))
-        self.queue.append(Entry(K_SWALLOW_Z))
 
     @staticmethod
     def session_only_error(feature: str) -> FeatureNotSupported:
@@ -415,6 +494,28 @@ class ClientSession:
                 elif mtype == m.ERROR_RESPONSE:
                     log.warning("session sync failed on %s: %s", server.address,
                                 m.decode_fields(region[start:end]).get("M"))
+            elif kind == K_RESTORE:
+                if mtype in _ASYNC:
+                    if mtype == m.PARAMETER_STATUS:  # the client sees these, as in Postgres
+                        name, value = m.decode_parameter_status(region[start:end])
+                        server.params[name] = value
+                        self.params[name] = value
+                    continue
+                if mtype == m.READY_FOR_QUERY:  # forwarded: it stands in for the client's
+                    status = server.status = region[start:start + 1]
+                    queue.popleft()
+                    if entry.data:  # type: ignore[union-attr]
+                        # server-side only: the server has the startup values again
+                        self.pending.extend((c, False) for c in entry.data)  # type: ignore[union-attr]
+                    if status == b"I":
+                        self._commit_settings()
+                        release = self._idle_after(queue)
+                else:  # its CommandComplete / ErrorResponse: hidden
+                    if mtype == m.ERROR_RESPONSE:  # e.g. 25P02: it changed nothing
+                        entry.data = None  # type: ignore[union-attr]
+                    if start - 5 > flushed:
+                        out.append(region[flushed:start - 5])
+                    flushed = end
             elif mtype in _ASYNC:
                 if mtype == m.PARAMETER_STATUS:
                     name, value = m.decode_parameter_status(region[start:end])
@@ -422,8 +523,21 @@ class ClientSession:
                     self.params[name] = value
                 continue
             elif mtype == m.ERROR_RESPONSE:
-                self.pending.clear()
-                if kind != K_QUERY:
+                # The transaction is aborted: its SETs go at ReadyForQuery 'I' or ROLLBACK;
+                # those before a savepoint survive ROLLBACK TO.
+                self.failed = True
+                if kind == K_FAIL_QUERY or kind == K_FAIL_ONE:
+                    # The stand-in for a refused statement failed: show our error instead.
+                    if start - 5 > flushed:
+                        out.append(region[flushed:start - 5])
+                    out.append(entry.data)  # type: ignore[union-attr,arg-type]
+                    flushed = end
+                    if kind == K_FAIL_QUERY:
+                        entry.kind, entry.data = K_QUERY, None  # type: ignore[union-attr]
+                    else:
+                        queue.popleft()
+                        self._drop_until_sync()
+                elif kind != K_QUERY:
                     if entry is not None:
                         self._undo(entry)
                         queue.popleft()
@@ -434,8 +548,17 @@ class ClientSession:
                     server.status = status
                     queue.popleft()
                     if status == b"I":
-                        self._commit_settings()
-                        release = self.transaction_mode and not queue
+                        if self.failed:  # the (implicit) transaction was rolled back
+                            self.pending.clear()
+                            self.savepoints.clear()
+                        else:
+                            self._commit_settings()
+                        release = self._idle_after(queue)
+                    self.failed = False
+                    if queue and queue[0].kind == K_RESTORE:  # see _restore: held back
+                        if start - 5 > flushed:
+                            out.append(region[flushed:start - 5])
+                        flushed = end
                 elif mtype == m.COMMAND_COMPLETE:
                     self._on_command_complete(region[start:end - 1],
                                               entry.data if entry is not None else None)
@@ -465,27 +588,65 @@ class ClientSession:
         if release and self.server is server:
             self.release_server()
 
-    def _on_command_complete(self, tag: bytes, changes: deque[SettingChange] | None) -> None:
+    def _idle_after(self, queue: deque[Entry]) -> bool:
+        """At a ReadyForQuery 'I' in transaction mode: can the server go back to its pool?
+        Yes when nothing more is expected from it: the queue is empty, or holds only
+        answers the proxy gives itself (they go out right after this ReadyForQuery)."""
+        return self.transaction_mode and all(e.kind == K_SYNTH for e in queue)
+
+    def _on_command_complete(self, tag: bytes,
+                             changes: deque[SettingChange | Savepoint] | None) -> None:
         first = tag[:1]
         if first == b"S" or first == b"R":
-            if tag == b"ROLLBACK":
-                self.pending.clear()
-            elif changes and (tag == b"SET" or tag == b"RESET"):
-                self.pending.append(changes.popleft())
+            if tag == b"SET" or tag == b"RESET":
+                if changes and isinstance(changes[0], SettingChange):
+                    self.pending.append((changes.popleft(), True))
+            elif tag == b"SAVEPOINT" or tag == b"RELEASE" or tag == b"ROLLBACK":
+                op = changes[0] if changes else None
+                if not isinstance(op, Savepoint) or op.op != tag.decode().lower():
+                    op = None
+                elif changes:
+                    changes.popleft()
+                self._move_savepoint(tag, op)
         elif first == b"D":
-            if tag == b"DISCARD ALL" and changes:
-                self.pending.append(changes.popleft())
+            if tag == b"DISCARD ALL" and changes and isinstance(changes[0], SettingChange):
+                self.pending.append((changes.popleft(), True))  # type: ignore[arg-type]
             if tag in (b"DISCARD ALL", b"DEALLOCATE ALL") and self.server is not None:
                 self.server.prepared.clear()
                 self.server.unnamed = None
+        elif tag == b"COMMIT":  # also COMMIT AND CHAIN, whose new transaction goes on
+            self._commit_settings()
+            self.savepoints.clear()
+
+    def _move_savepoint(self, tag: bytes, op: Savepoint | None) -> None:
+        """SAVEPOINT marks the pending SETs; ROLLBACK TO drops those after the mark;
+        RELEASE keeps them; a plain ROLLBACK (also a failed COMMIT) drops them all."""
+        savepoints = self.savepoints
+        if op is None:
+            if tag == b"ROLLBACK":
+                self.pending.clear()
+                savepoints.clear()
+            return
+        if op.op == "savepoint":
+            savepoints.append((op.name, len(self.pending)))
+            return
+        for i in range(len(savepoints) - 1, -1, -1):  # the newest of that name
+            if savepoints[i][0] == op.name:
+                if op.op == "rollback":
+                    del self.pending[savepoints[i][1]:]
+                    del savepoints[i + 1:]  # the savepoint itself stays
+                else:
+                    del savepoints[i:]
+                return
 
     def _commit_settings(self) -> None:
         if self.pending:
             server = self.server
-            for change in self.pending:
-                apply_change(self.settings, change)
+            for change, for_client in self.pending:
+                if for_client:
+                    apply_change(self.settings, change, self.defaults)
                 if server is not None:
-                    apply_change(server.settings, change)
+                    apply_change(server.settings, change)  # the server's own defaults
             self.pending.clear()
 
     def _undo(self, entry: Entry) -> None:

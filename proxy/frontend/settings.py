@@ -87,6 +87,130 @@ def parse_setting(sql: str) -> SettingChange | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class Savepoint:
+    """SAVEPOINT / RELEASE / ROLLBACK TO: how a transaction's pending SETs move.
+
+    ``op`` is "savepoint", "release" or "rollback"; ``name`` as Postgres folds it."""
+
+    op: str
+    name: str
+
+
+_SAVEPOINT_RE = re.compile(
+    r"""^\s*(?:(?P<sp>savepoint)|release(?:\s+savepoint)?
+        |rollback(?:\s+(?:work|transaction))?\s+to(?:\s+savepoint)?)
+        \s+(?P<name>"(?:[^"]|"")+"|[a-z_][a-z0-9_$]*)\s*;?\s*$""",
+    re.IGNORECASE | re.VERBOSE,
+)
+
+
+def parse_savepoint(sql: str) -> Savepoint | None:
+    """The savepoint a statement creates, releases or rolls back to, or None."""
+    head = sql.lstrip()[:3].lower()
+    if head != "sav" and head != "rel" and head != "rol":  # cheap: most are SELECT/SET
+        return None
+    match = _SAVEPOINT_RE.match(sql)
+    if match is None:
+        return None
+    name = match["name"]
+    name = name[1:-1].replace('""', '"') if name.startswith('"') else name.lower()
+    word = match.group(0).lstrip()[:3].lower()
+    return Savepoint("savepoint" if word == "sav" else "release" if word == "rel" else "rollback",
+                     name)
+
+
+def parse_tracked(sql: str) -> SettingChange | Savepoint | None:
+    """What the session tracks from one statement: a setting change or a savepoint move."""
+    return parse_setting(sql) or parse_savepoint(sql)
+
+
+_RESET_TARGET_RE = re.compile(
+    r"""^\s*(?:reset\s+(?P<reset>[a-z_][a-z0-9_$]*(?:\.[a-z_][a-z0-9_$]*)?)
+        |(?P<discard>discard\s+all)
+        |set\s+(?:session\s+)?(?:(?P<tz>time\s+zone)\s+(?:default|local)
+          |(?P<set>[a-z_][a-z0-9_$]*(?:\.[a-z_][a-z0-9_$]*)?)\s*(?:=|\s+to\s+)\s*default))
+        \s*;?\s*$""",
+    re.IGNORECASE | re.VERBOSE,
+)
+
+
+def reset_target(sql: str) -> str | None:
+    """The setting a statement returns to its session default (lower case; "" for all of
+    them: RESET ALL, DISCARD ALL), or None. Unlike parse_setting, reported parameters
+    count too: Postgres resets them to the client's startup value, not the server's."""
+    head = sql.lstrip()[:1]
+    if head not in ("r", "R", "d", "D", "s", "S"):
+        return None
+    match = _RESET_TARGET_RE.match(sql)
+    if match is None:
+        return None
+    if match["discard"]:
+        return ""
+    if match["tz"]:
+        return "timezone"
+    name = (match["reset"] or match["set"]).lower()
+    return "" if name == "all" else name
+
+
+# Settings whose SET arguments are list elements quoted as identifiers (GUC_LIST_QUOTE):
+# `SET search_path TO 'a,b'` names one schema "a,b", but `-c search_path=a,b` two.
+LIST_QUOTE = frozenset({"search_path", "temp_tablespaces", "session_preload_libraries",
+                        "local_preload_libraries"})
+
+
+def startup_value_sql(name: str, raw: str) -> str:
+    """The SET argument (SQL text) meaning what `raw` means in the startup packet.
+
+    A startup value is parsed like postgresql.conf text; for list settings that is
+    SplitIdentifierString (unquoted names folded to lower case, "quoted" kept), so it
+    becomes a list of literals, which SET takes as those exact elements."""
+    if name.lower() in LIST_QUOTE:
+        items = _split_identifier_list(raw)
+        if items:
+            return ", ".join(quote_literal(item) for item in items)
+    return quote_literal(raw)
+
+
+def _split_identifier_list(raw: str) -> list[str] | None:
+    """Postgres' SplitIdentifierString(raw, ','); None where Postgres would reject it."""
+    items: list[str] = []
+    i, n = 0, len(raw)
+    while True:
+        while i < n and raw[i].isspace():
+            i += 1
+        if i < n and raw[i] == '"':
+            j = i + 1
+            item = []
+            while True:
+                end = raw.find('"', j)
+                if end == -1:
+                    return None
+                item.append(raw[j:end])
+                if end + 1 < n and raw[end + 1] == '"':
+                    item.append('"')
+                    j = end + 2
+                    continue
+                i = end + 1
+                break
+            items.append("".join(item))
+        else:
+            j = i
+            while j < n and raw[j] != "," and not raw[j].isspace():
+                j += 1
+            if j == i:
+                return None  # empty element
+            items.append(raw[i:j].lower())
+            i = j
+        while i < n and raw[i].isspace():
+            i += 1
+        if i == n:
+            return items
+        if raw[i] != ",":
+            return None
+        i += 1
+
+
 def _change(name: str, value: str) -> SettingChange:
     value = value.strip()
     if value.lower() == "default":
@@ -98,11 +222,19 @@ def quote_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def apply_change(settings: dict[str, str], change: SettingChange) -> None:
+def apply_change(settings: dict[str, str], change: SettingChange,
+                 defaults: dict[str, str] | None = None) -> None:
+    """Apply a committed change. `defaults` are the session's startup settings, which
+    RESET / RESET ALL / DISCARD ALL return to (None: the server's own defaults)."""
     if change.reset_all:
         settings.clear()
+        if defaults:
+            settings.update(defaults)
     elif change.value is None:
-        settings.pop(change.name, None)
+        if defaults and change.name in defaults:
+            settings[change.name] = defaults[change.name]
+        else:
+            settings.pop(change.name, None)
     else:
         settings[change.name] = change.value
 
@@ -162,7 +294,10 @@ def session_only_feature(sql: str) -> str | None:
     if head[:1] in ("l", "p", "d", "c"):
         match = _SESSION_ONLY.match(sql)
         if match is not None:
-            return " ".join(match.group(0).split()[:2]).upper()
+            words = match.group(0).split()
+            if words[0].lower() == "declare":  # not the cursor's name: what is refused
+                return "DECLARE ... WITH HOLD"
+            return " ".join(words[:2]).upper()
     if "advisory_lock" in sql and _ADVISORY.search(sql):
         return "session-level advisory locks (pg_advisory_lock)"
     return None

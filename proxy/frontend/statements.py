@@ -11,7 +11,13 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from proxy.frontend.settings import SettingChange, parse_setting, session_only_feature
+from proxy.frontend.settings import (
+    Savepoint,
+    SettingChange,
+    parse_tracked,
+    reset_target,
+    session_only_feature,
+)
 from proxy.wire.messages import cstr, read_cstr
 
 
@@ -20,8 +26,9 @@ class Statement:
     server_name: str
     parse_body: bytes  # Parse message body carrying server_name, ready to send
     query: str
-    change: SettingChange | None  # the session setting this statement changes, if any
+    change: SettingChange | Savepoint | None  # the setting or savepoint it moves, if any
     session_feature: str | None  # a session-scoped feature it uses, if any
+    reset: str | None = None  # the setting it RESETs ("" for all), see settings.reset_target
 
 
 class StatementCache:
@@ -40,8 +47,8 @@ class StatementCache:
             query, _ = read_cstr(body, pos)
             digest = hashlib.blake2b(key, digest_size=12).hexdigest()
             server_name = f"sw_{digest}"
-            stmt = Statement(server_name, cstr(server_name) + key, query, parse_setting(query),
-                             session_only_feature(query))
+            stmt = Statement(server_name, cstr(server_name) + key, query, parse_tracked(query),
+                             session_only_feature(query), reset_target(query))
             if len(self._items) >= self.capacity:
                 self._items.pop(next(iter(self._items)))
             self._items[key] = stmt

@@ -263,3 +263,27 @@ def decode_int32(body: bytes, pos: int = 0) -> int:
 
 def decode_key_data(body: bytes) -> tuple[int, int]:
     return _II.unpack_from(body, 0)
+
+
+def malformed_frontend(mtype: int, region: bytes, start: int, end: int) -> str | None:
+    """Postgres' complaint about a frontend message body the proxy must read, else None.
+
+    Only the strings the session decodes are checked (cheap `find`s); Postgres answers these
+    with ERROR 08P01 and keeps the session."""
+    if mtype == QUERY:
+        nul = region.find(b"\x00", start, end)
+        if nul < 0:
+            return "invalid string in message"
+        return None if nul == end - 1 else "invalid message format"
+    if mtype == PARSE or mtype == BIND:  # two strings first
+        nul = region.find(b"\x00", start, end)
+        if nul < 0 or region.find(b"\x00", nul + 1, end) < 0:
+            return "invalid string in message"
+    elif mtype == DESCRIBE or mtype == CLOSE:  # a byte, then a string
+        if start >= end:
+            return "no data left in message"
+        if region.find(b"\x00", start + 1, end) < 0:
+            return "invalid string in message"
+    elif mtype == EXECUTE and region.find(b"\x00", start, end) < 0:
+        return "invalid string in message"
+    return None

@@ -211,9 +211,6 @@ def test_negotiate_protocol_version_message(proxy: RunningProxy) -> None:
 
 # Well-framed messages whose bodies are malformed. Postgres answers each with an ERROR
 # 08P01 (the session survives; in the extended protocol, after the next Sync).
-SESSION_PY_BUG = ("BUG in proxy/frontend/session.py (not owned by these tests): the body is "
-                  "parsed without bounds checks; read_cstr raises ValueError/IndexError "
-                  "(FATAL XX000 [BUG]) or reads into the next message")
 MALFORMED_BODIES = {
     "query-no-nul": ([m.message(m.QUERY, b"SELECT 1")], "invalid string in message", True),
     "query-empty": ([m.message(m.QUERY, b"")], "invalid string in message", True),
@@ -236,10 +233,7 @@ MALFORMED_BODIES = {
 }
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=SESSION_PY_BUG))
-    if MALFORMED_BODIES[name][2] else name
-    for name in sorted(MALFORMED_BODIES)])
+@pytest.mark.parametrize("name", sorted(MALFORMED_BODIES))
 def test_malformed_message_body(name: str, proxy: RunningProxy, bystander: psycopg.Connection,
                                 shard: LocalPostgres) -> None:
     chunks, text, _ = MALFORMED_BODIES[name]
