@@ -34,6 +34,12 @@ class Sink(Protocol):
     def on_server_lost(self, server: ServerConnection, exc: Exception | None) -> None:
         ...
 
+    def pause_client(self) -> None:
+        ...
+
+    def resume_client(self) -> None:
+        ...
+
 
 class ServerConnection(asyncio.Protocol):
     """Protocol object for one server connection; state the pool and sessions rely on."""
@@ -98,6 +104,15 @@ class ServerConnection(asyncio.Protocol):
         sink = self.sink
         if sink is not None:
             sink.on_server_lost(self, exc)
+
+    def pause_writing(self) -> None:
+        # The server reads slower than the client sends (a large COPY): pause the client.
+        if self.sink is not None:
+            self.sink.pause_client()
+
+    def resume_writing(self) -> None:
+        if self.sink is not None:
+            self.sink.resume_client()
 
     def _wake(self) -> None:
         waiter = self._waiter

@@ -79,6 +79,10 @@ class Pool:
             async with asyncio.timeout(self.checkout_timeout):
                 conn = await fut  # raises ShardUnavailable if a connect attempt failed
         except TimeoutError:
+            # The timeout may fire just as a connection was handed to us: give it back.
+            if (fut.done() and not fut.cancelled() and fut.exception() is None
+                    and fut.result() is not None):
+                self.release(fut.result())  # type: ignore[arg-type]
             raise CheckoutTimeout(
                 f'no server connection to shard "{self.target.shard}" became free within '
                 f"{self.checkout_timeout:g}s (pool size {self.size})",
@@ -124,6 +128,7 @@ class Pool:
     def release(self, conn: ServerConnection, *, reusable: bool = True) -> None:
         """Give a connection back. Dirty (`reusable=False`) or expired ones are closed."""
         conn.sink = None
+        conn.resume_reading()  # a session may have paused it for a slow client
         now = time.monotonic()
         conn.last_used = now
         if (not reusable or conn.closed or self.closing or conn.status != b"I"

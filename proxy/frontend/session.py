@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -56,6 +57,12 @@ K_FAIL_QUERY = 8  # a refused Query: the server fails in its stead, data replace
 K_FAIL_ONE = 9  # a refused Parse: likewise, then the server skips to Sync
 K_RESTORE = 10  # startup values set again after RESET: like K_SWALLOW_Z, but see _restore
 
+# A statement (first, or after a ';', maybe behind comments) that changes tracked session
+# state: SET/RESET/DISCARD and the savepoint commands. A cheap test before splitting.
+_MAY_TRACK = re.compile(
+    r"(?:^|;)\s*(?:(?:/\*.*?\*/|--[^\n]*\n)\s*)*"
+    r"(?:set|reset|discard|savepoint|release|rollback|deallocate)\b",
+    re.IGNORECASE | re.DOTALL)
 _ASYNC = frozenset({m.NOTICE_RESPONSE, m.NOTIFICATION_RESPONSE, m.PARAMETER_STATUS})
 _EXECUTE_END = frozenset({m.COMMAND_COMPLETE, m.EMPTY_QUERY, m.PORTAL_SUSPENDED})
 _DESCRIBE_END = frozenset({m.ROW_DESCRIPTION, m.NO_DATA})
@@ -64,7 +71,6 @@ _VALID_FRONTEND = frozenset({
     m.QUERY, m.PARSE, m.BIND, m.DESCRIBE, m.EXECUTE, m.CLOSE, m.SYNC, m.FLUSH, m.TERMINATE,
     m.COPY_DATA, m.COPY_DONE, m.COPY_FAIL, m.FUNCTION_CALL,
 })
-WRITE_HIGH_WATER = 1 << 20
 # Sent in place of a refused statement: fails at parse time, changes nothing on the server.
 _FAIL_QUERY = m.query("shardwire refused this statement")
 _FAIL_PARSE = m.parse_message("shardwire_refused", "shardwire refused this statement")
@@ -116,38 +122,98 @@ class ClientSession:
         self.out: list[bytes] = []  # bytes for the server, flushed once per client read
         self.skipping = False  # after an error in extended protocol: drop until Sync
         self.closed = False
-        self._draining = False
+        self._busy = False  # a checkout is waiting: client bytes go to _backlog meanwhile
+        self._backlog: deque[bytes] = deque()
+        self._client_paused = False
+        self._server_full = False
+        self._done: asyncio.Future[None] | None = None
 
     # ----------------------------------------------------------------- client -> server
     async def run(self, rest: bytes) -> None:
-        """Serve the client until it terminates or disconnects."""
+        """Serve the client until it terminates or disconnects.
+
+        After startup the client socket is switched from the asyncio stream to this object
+        as its Protocol: each chunk the client sends is handled in `data_received` without
+        a task switch, like the server side. Only a checkout that must wait for the pool
+        (or for a shard to connect) runs as a task, with the client's socket paused.
+        """
         self.defaults = dict(self.settings)
         self.start_params = {k: v for k, v in self.params.items() if k in SETTABLE_REPORTED}
-        data = rest
+        loop = asyncio.get_running_loop()
+        self._done = loop.create_future()
+        reader = self.stream.reader
+        # Bytes the stream already read past the startup exchange belong to us now (the
+        # private buffer is the only way to take them over; it has been stable since 3.4).
+        buffered = bytes(reader._buffer)
+        reader._buffer.clear()
+        if reader.at_eof():
+            self._done.set_result(None)
+        else:
+            self.transport.set_protocol(self)
         try:
-            while not self.closed:
-                if data:
-                    region, frames = self.framer.feed(data)
-                    if frames:
-                        await self.handle_frames(region, frames)
-                if self.closed:
-                    break
-                data = await self.stream.read()
-                if not data:
-                    break
-        except ProtocolViolation as err:
-            self.send_error(err)
+            if rest or buffered:
+                self.data_received(rest + buffered)
+            await self._done
         finally:
             self.closed = True
             self.cleanup()
 
-    async def handle_frames(self, region: bytes, frames: list[Frame]) -> None:
-        for mtype, start, end in frames:
+    # asyncio.Protocol, for the client's socket
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        if self._busy:  # an async step (checkout) is under way: keep order
+            self._backlog.append(data)
+            return
+        try:
+            region, frames = self.framer.feed(data)
+            if frames:
+                self.process(region, frames, 0)
+        except ProtocolViolation as err:
+            self.send_error(err, fatal=True)
+            self.close()
+
+    def eof_received(self) -> bool:
+        return False  # close the transport; connection_lost ends the session
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._done is not None and not self._done.done():
+            self._done.set_result(None)
+
+    def pause_writing(self) -> None:
+        # The client reads slower than the server sends: stop reading the server.
+        self._client_paused = True
+        if self.server is not None:
+            self.server.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._client_paused = False
+        if self.server is not None:
+            self.server.resume_reading()
+
+    def pause_client(self) -> None:
+        """The server's socket is full (e.g. a large COPY): stop reading the client."""
+        self._server_full = True
+        self.transport.pause_reading()
+
+    def resume_client(self) -> None:
+        self._server_full = False
+        if not self._busy and not self.closed and not self._server_full:
+            self.transport.resume_reading()
+
+    def process(self, region: bytes, frames: list[Frame], index: int) -> None:
+        """Handle client frames from `index` on; hand over to a task if one must wait."""
+        count = len(frames)
+        while index < count:
+            mtype, start, end = frames[index]
+            index += 1
             if mtype not in _VALID_FRONTEND:
                 raise ProtocolViolation(f"invalid frontend message type {mtype}")
             if mtype == m.TERMINATE:
-                self.closed = True
-                break
+                self.flush()
+                self.close()
+                return
             if self.skipping and mtype != m.SYNC:
                 continue
             problem = m.malformed_frontend(mtype, region, start, end)
@@ -161,16 +227,53 @@ class ClientSession:
             if self.server is None:
                 if self.answer_locally(mtype, region, start, end):
                     continue
-                self.flush()
-                try:
-                    await self.checkout()
-                except ShardwireError as err:
-                    self.reject(err, simple=mtype == m.QUERY)
-                    continue
-                if self.server is None:  # lost while checking out
-                    continue
+                pool = self.proxy.pool_for(self.route(), self.user)
+                server = pool.try_acquire()
+                if server is None:
+                    self.flush()
+                    self._busy = True
+                    self.transport.pause_reading()
+                    self.proxy.spawn(self._checkout_then_resume(pool, region, frames, index - 1))
+                    return
+                self.attach(server, pool)
             self.forward(mtype, region, start, end)
         self.flush()
+
+    async def _checkout_then_resume(self, pool: Pool, region: bytes, frames: list[Frame],
+                                    index: int) -> None:
+        """Wait for a server, then go on with the frames and whatever arrived meanwhile."""
+        mtype = frames[index][0]
+        try:
+            server = await pool.acquire()
+        except ShardwireError as err:
+            if log.isEnabledFor(logging.DEBUG):
+                for other in list(self.proxy.sessions.values()):
+                    srv = other.server
+                    log.debug("checkout failed (%s); session %d: server=%s status=%s queue=%s "
+                              "busy=%s closed=%s", err.message, other.pid,
+                              srv.address if srv else None, srv.status if srv else None,
+                              [e.kind for e in other.queue], other._busy, other.closed)
+            self.reject(err, simple=mtype == m.QUERY)
+            index += 1
+        else:
+            if self.closed:
+                pool.release(server)
+                return
+            self.attach(server, pool)
+        self._busy = False
+        try:
+            if not self.closed:
+                self.process(region, frames, index)
+            while self._backlog and not self._busy and not self.closed:
+                data = self._backlog.popleft()
+                region, frames = self.framer.feed(data)
+                if frames:
+                    self.process(region, frames, 0)
+        except ProtocolViolation as err:
+            self.send_error(err, fatal=True)
+            self.close()
+        if not self._busy and not self.closed:
+            self.transport.resume_reading()
 
     def flush(self) -> None:
         if self.out:
@@ -192,7 +295,7 @@ class ClientSession:
             self.stmts.pop(name, None)
             self.write(m.CLOSE_COMPLETE_MSG)
             return True
-        if mtype == m.QUERY:
+        if mtype == m.QUERY and _has_deallocate(region, start, end):
             sql, _ = m.read_cstr(region, start)
             tag = self.deallocate(sql)
             if tag is not None:
@@ -230,17 +333,13 @@ class ClientSession:
         del self.stmts[name]
         return "DEALLOCATE"
 
-    async def checkout(self) -> None:
-        pool = self.proxy.pool_for(self.route(), self.user)
-        server = pool.try_acquire()
-        if server is None:
-            server = await pool.acquire()
-        if self.closed:
-            pool.release(server)
-            return
+    def attach(self, server: ServerConnection, pool: Pool) -> None:
+        """Take `server` for this client: bring its session state up to the client's."""
         self.server = server
         self.pool = pool
         server.sink = self
+        if self._client_paused:
+            server.pause_reading()
         if self.default_params is None:
             self.default_params = {k: v for k, v in self.start_params.items()
                                    if server.initial_params.get(k) != v}
@@ -272,7 +371,7 @@ class ClientSession:
                 self.synth(m.command_complete(tag) + m.ready_for_query(server.status))
                 return
             changes = restore = None
-            if sql.lstrip()[:1] in "sSrRdD":
+            if _MAY_TRACK.search(sql) is not None:
                 parts = split_statements(sql)
                 found = [c for c in map(parse_tracked, parts) if c is not None]
                 changes = deque(found) if found else None
@@ -688,26 +787,8 @@ class ClientSession:
 
     # -------------------------------------------------------------------- plumbing
     def write(self, data: bytes) -> None:
-        transport = self.transport
-        if transport.is_closing():
-            return
-        transport.write(data)
-        if (not self._draining and self.server is not None
-                and transport.get_write_buffer_size() > WRITE_HIGH_WATER):
-            # The client reads slower than the server sends: stop reading the server.
-            self._draining = True
-            server = self.server
-            server.pause_reading()
-            asyncio.get_running_loop().create_task(self._drain(server))
-
-    async def _drain(self, server: ServerConnection) -> None:
-        try:
-            await self.stream.writer.drain()
-        except ConnectionError:
-            pass
-        finally:
-            self._draining = False
-            server.resume_reading()
+        if not self.transport.is_closing():
+            self.transport.write(data)
 
     def send_error(self, err: ShardwireError, *, fatal: bool = False) -> None:
         self.write(error_bytes(err, fatal=fatal))
@@ -716,6 +797,8 @@ class ClientSession:
         server, pool = self.server, self.pool
         self.server = None
         self.pool = None
+        if self._server_full:
+            self.resume_client()
         if server is not None and pool is not None:
             pool.release(server)
 
@@ -749,6 +832,12 @@ class ClientSession:
             self.proxy.spawn(self.proxy.reset_and_release(pool, server))
         else:
             pool.release(server)
+
+
+def _has_deallocate(region: bytes, start: int, end: int) -> bool:
+    """Cheap byte test before decoding a query to look for DEALLOCATE."""
+    return (region.find(b"eallocate", start, end) >= 0
+            or region.find(b"EALLOCATE", start, end) >= 0)
 
 
 def error_bytes(err: ShardwireError, *, fatal: bool = False) -> bytes:

@@ -37,52 +37,184 @@ class SettingChange:
     reset_all: bool = False
 
 
+# ------------------------------------------------------------------ lexical helpers
+# Postgres' lexer rules (scan.l) for what the parsers here must step over: white space,
+# comments (`--` to the end of the line; `/* */`, which nest), quoted text ('...' with ''
+# for a quote, E'...' with backslash escapes too, "identifiers", $tag$ dollar quotes $tag$).
+
+_BLANKS = re.compile(r"(?:\s|--[^\n\r]*)*")
+_EOL = re.compile(r"[\n\r]")
+_ESCAPE_STRING_END = re.compile(r"[\\']")
+_DOLLAR_TAG = re.compile(r"\$(?:[^\W\d]\w*)?\$")
+# Where quoted text or a comment may start (`$` only sometimes: see skip_token).
+_SPECIAL = re.compile(r"""['"$]|--|/\*""")
+
+
+def _ident_char(ch: str) -> bool:
+    """Whether `ch` continues an identifier or keyword (so E' or $ after it start nothing)."""
+    return ch.isalnum() or ch == "_" or ch == "$" or ch >= "\x80"
+
+
+def _block_comment_end(sql: str, i: int) -> int:
+    """Index just past the (nested) block comment opening at `i`; len(sql) if unterminated."""
+    depth = 1
+    j = i + 2
+    while True:
+        close = sql.find("*/", j)
+        if close == -1:
+            return len(sql)
+        opening = sql.find("/*", j, close + 1)  # "/*/" opens: the lexer takes "/*" first
+        if opening != -1:
+            depth += 1
+            j = opening + 2
+            continue
+        depth -= 1
+        j = close + 2
+        if depth == 0:
+            return j
+
+
+def skip_token(sql: str, i: int) -> int:
+    """Index just past the quoted text or comment starting at `i` (len(sql) when it is
+    unterminated), or i + 1 when nothing starts there (a `$` that opens no dollar quote)."""
+    ch = sql[i]
+    n = len(sql)
+    if ch == "'":
+        if i and sql[i - 1] in "eE" and (i == 1 or not _ident_char(sql[i - 2])):
+            j = i + 1  # E'...': a backslash escapes the next character
+            while True:
+                match = _ESCAPE_STRING_END.search(sql, j)
+                if match is None:
+                    return n
+                j = match.start()
+                if sql[j] == "\\" or sql.startswith("''", j):
+                    j += 2
+                    continue
+                return j + 1
+        ch = "'"
+    if ch == "'" or ch == '"':
+        end = sql.find(ch, i + 1)
+        while end != -1 and end + 1 < n and sql[end + 1] == ch:
+            end = sql.find(ch, end + 2)
+        return n if end == -1 else end + 1
+    if ch == "-":  # "--"
+        match = _EOL.search(sql, i + 2)
+        return n if match is None else match.start()
+    if ch == "/":  # "/*"
+        return _block_comment_end(sql, i)
+    if ch == "$" and not (i and _ident_char(sql[i - 1])):
+        match = _DOLLAR_TAG.match(sql, i)
+        if match is not None:
+            tag = match.group()
+            end = sql.find(tag, match.end())
+            return n if end == -1 else end + len(tag)
+    return i + 1
+
+
+def _start(sql: str) -> int:
+    """Index of the first character of `sql` that is neither white space nor in a comment."""
+    ch = sql[:1]
+    if ch.isspace():
+        i = len(sql) - len(sql.lstrip())
+        ch = sql[i:i + 1]
+    else:
+        i = 0
+    if ch != "-" and ch != "/":
+        return i  # the usual case: no comment
+    while True:
+        i = _BLANKS.match(sql, i).end()  # type: ignore[union-attr]
+        if not sql.startswith("/*", i):
+            return i
+        i = _block_comment_end(sql, i)
+
+
+def _strip_comments(sql: str) -> str:
+    """`sql` with each comment outside quoted text replaced by a space, as the lexer sees it."""
+    parts: list[str] = []
+    last = pos = 0
+    search = _SPECIAL.search
+    while (match := search(sql, pos)) is not None:
+        i = match.start()
+        pos = skip_token(sql, i)
+        if sql[i] == "-" or sql[i] == "/":
+            parts.append(sql[last:i])
+            parts.append(" ")
+            last = pos
+    if not parts:
+        return sql
+    parts.append(sql[last:])
+    return "".join(parts)
+
+
+def _body(sql: str, i: int) -> str:
+    """The statement from its first significant character `i` on, comments as spaces."""
+    body = sql[i:] if i else sql
+    if "--" in body or "/*" in body:
+        body = _strip_comments(body)
+    return body
+
+
+# --------------------------------------------------------------------------- SET / RESET
+
+# A setting name: Postgres' var_name (ColId [. ColId ...]), unquoted.
+_NAME = r"[a-z_][a-z0-9_$]*(?:\.[a-z_][a-z0-9_$]*)*"
 _SET_RE = re.compile(
-    r"""^\s*set\s+(?:session\s+)?(?!local\b)
+    rf"""set\s+(?:session\s+)?(?!local\b)
         (?:(?P<tz>time\s+zone)\s+(?P<tzval>.+?)
-          |(?P<role>role|session\s+authorization)\s+(?P<roleval>.+?)
-          |(?P<name>[a-z_][a-z0-9_$]*(?:\.[a-z_][a-z0-9_$]*)?)\s*(?:=|\s+to\s+)\s*(?P<value>.+?)
+          |(?P<role>role|session\s+authorization)(?:\s*=\s*|\s+to\s+|\s+)(?P<roleval>.+?)
+          |schema(?=[\s'])\s*(?P<schemaval>(?:[eE]|[uU]&)?'.+?|\$.+?)
+          |xml\s+option\s+(?P<xmlval>document|content)
+          |(?P<name>{_NAME})\s*(?:=|\s+to\s+)\s*(?P<value>.+?)
         )\s*;?\s*$""",
     re.IGNORECASE | re.DOTALL | re.VERBOSE,
 )
 _RESET_RE = re.compile(
-    r"^\s*reset\s+(?:(?P<all>all)|(?P<name>[a-z_][a-z0-9_$]*(?:\.[a-z_][a-z0-9_$]*)?))\s*;?\s*$",
+    rf"reset\s+(?:(?P<all>all)|(?P<name>{_NAME}))\s*;?\s*$",
     re.IGNORECASE,
 )
-_DISCARD_RE = re.compile(r"^\s*discard\s+all\s*;?\s*$", re.IGNORECASE)
+_DISCARD_RE = re.compile(r"discard\s+all\s*;?\s*$", re.IGNORECASE)
 
 
 def parse_setting(sql: str) -> SettingChange | None:
     """The tracked change a single statement makes, or None (not a session SET/RESET).
 
     SET LOCAL is transaction-scoped and needs no tracking. Reported parameters return None
-    too: their ParameterStatus messages track them.
+    too: their ParameterStatus messages track them. Comments count as white space; the
+    value is SQL text without them.
     """
-    head = sql.lstrip()[:8].lower()
-    if head.startswith("set"):
-        match = _SET_RE.match(sql)
+    i = 0 if sql[:1].isalpha() else _start(sql)
+    return _parse_setting(sql, i, sql[i:i + 3].lower())
+
+
+def _parse_setting(sql: str, i: int, word: str) -> SettingChange | None:
+    """parse_setting for the statement starting at `i` with `word` (lower case, 3 chars)."""
+    if word == "set":
+        match = _SET_RE.match(_body(sql, i))
         if match is None:
             return None
         if match["tz"]:
             return None  # TimeZone is reported
         if match["role"]:
-            kind = "role" if match["role"].lower() == "role" else "session_authorization"
-            if kind == "session_authorization":
-                return None  # reported
-            return _change(kind, match["roleval"])
+            if match["role"].lower() != "role":
+                return None  # session_authorization is reported
+            return _change("role", match["roleval"])
+        if match["schemaval"]:
+            return _change("search_path", match["schemaval"])
+        if match["xmlval"]:
+            return SettingChange("xmloption", match["xmlval"])
         name = match["name"].lower()
         if name in CANONICAL:
             return None
         return _change(name, match["value"])
-    if head.startswith("reset"):
-        match = _RESET_RE.match(sql)
+    if word == "res":
+        match = _RESET_RE.match(_body(sql, i))
         if match is None:
             return None
         if match["all"]:
             return SettingChange("", None, reset_all=True)
         name = match["name"].lower()
         return None if name in CANONICAL else SettingChange(name, None)
-    if head.startswith("discard") and _DISCARD_RE.match(sql):
+    if word == "dis" and _DISCARD_RE.match(_body(sql, i)):
         return SettingChange("", None, reset_all=True)
     return None
 
@@ -98,7 +230,7 @@ class Savepoint:
 
 
 _SAVEPOINT_RE = re.compile(
-    r"""^\s*(?:(?P<sp>savepoint)|release(?:\s+savepoint)?
+    r"""(?:(?P<sp>savepoint)|release(?:\s+savepoint)?
         |rollback(?:\s+(?:work|transaction))?\s+to(?:\s+savepoint)?)
         \s+(?P<name>"(?:[^"]|"")+"|[a-z_][a-z0-9_$]*)\s*;?\s*$""",
     re.IGNORECASE | re.VERBOSE,
@@ -107,29 +239,39 @@ _SAVEPOINT_RE = re.compile(
 
 def parse_savepoint(sql: str) -> Savepoint | None:
     """The savepoint a statement creates, releases or rolls back to, or None."""
-    head = sql.lstrip()[:3].lower()
-    if head != "sav" and head != "rel" and head != "rol":  # cheap: most are SELECT/SET
+    i = 0 if sql[:1].isalpha() else _start(sql)
+    word = sql[i:i + 3].lower()
+    if word != "sav" and word != "rel" and word != "rol":  # cheap: most are SELECT/SET
         return None
-    match = _SAVEPOINT_RE.match(sql)
+    return _parse_savepoint(sql, i, word)
+
+
+def _parse_savepoint(sql: str, i: int, word: str) -> Savepoint | None:
+    match = _SAVEPOINT_RE.match(_body(sql, i))
     if match is None:
         return None
     name = match["name"]
     name = name[1:-1].replace('""', '"') if name.startswith('"') else name.lower()
-    word = match.group(0).lstrip()[:3].lower()
     return Savepoint("savepoint" if word == "sav" else "release" if word == "rel" else "rollback",
                      name)
 
 
 def parse_tracked(sql: str) -> SettingChange | Savepoint | None:
     """What the session tracks from one statement: a setting change or a savepoint move."""
-    return parse_setting(sql) or parse_savepoint(sql)
+    i = 0 if sql[:1].isalpha() else _start(sql)
+    word = sql[i:i + 3].lower()
+    if word == "set" or word == "res" or word == "dis":
+        return _parse_setting(sql, i, word)
+    if word == "sav" or word == "rel" or word == "rol":
+        return _parse_savepoint(sql, i, word)
+    return None  # cheap: most statements are SELECT, INSERT, ...
 
 
 _RESET_TARGET_RE = re.compile(
-    r"""^\s*(?:reset\s+(?P<reset>[a-z_][a-z0-9_$]*(?:\.[a-z_][a-z0-9_$]*)?)
+    rf"""(?:reset\s+(?P<reset>{_NAME})
         |(?P<discard>discard\s+all)
         |set\s+(?:session\s+)?(?:(?P<tz>time\s+zone)\s+(?:default|local)
-          |(?P<set>[a-z_][a-z0-9_$]*(?:\.[a-z_][a-z0-9_$]*)?)\s*(?:=|\s+to\s+)\s*default))
+          |(?P<set>{_NAME})\s*(?:=|\s+to\s+)\s*default))
         \s*;?\s*$""",
     re.IGNORECASE | re.VERBOSE,
 )
@@ -139,10 +281,11 @@ def reset_target(sql: str) -> str | None:
     """The setting a statement returns to its session default (lower case; "" for all of
     them: RESET ALL, DISCARD ALL), or None. Unlike parse_setting, reported parameters
     count too: Postgres resets them to the client's startup value, not the server's."""
-    head = sql.lstrip()[:1]
-    if head not in ("r", "R", "d", "D", "s", "S"):
+    i = 0 if sql[:1].isalpha() else _start(sql)
+    head = sql[i:i + 3].lower()
+    if head != "res" and head != "set" and head != "dis":  # cheap: SELECT goes no further
         return None
-    match = _RESET_TARGET_RE.match(sql)
+    match = _RESET_TARGET_RE.match(_body(sql, i))
     if match is None:
         return None
     if match["discard"]:
@@ -219,6 +362,10 @@ def _change(name: str, value: str) -> SettingChange:
 
 
 def quote_literal(value: str) -> str:
+    """A string literal, like Postgres' quote_literal: with backslashes it takes the E''
+    form (backslashes doubled), which reads the same whatever standard_conforming_strings."""
+    if "\\" in value:
+        return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
     return "'" + value.replace("'", "''") + "'"
 
 
@@ -257,47 +404,102 @@ def sync_sql(want_params: dict[str, str], have_params: dict[str, str],
 
 
 def startup_settings(params: dict[str, str]) -> dict[str, str]:
-    """Settings requested in the startup packet, `options` (-c name=value) included."""
+    """Settings requested in the startup packet, `options` (-c name=value) included.
+
+    Like Postgres (process_startup_options): `options` first, then the explicit parameters,
+    which win. `_pq_.*` keys are protocol options, not settings."""
+    out = _startup_options(params["options"]) if params.get("options") else {}
+    explicit = {key: value for key, value in params.items()
+                if key not in STARTUP_NON_SETTINGS and not key.startswith("_pq_.")}
+    if out and explicit:  # GUC names are case-insensitive
+        names = {key.lower() for key in explicit}
+        out = {key: value for key, value in out.items() if key.lower() not in names}
+    out.update(explicit)
+    return out
+
+
+# Postgres' command-line switches (process_postgres_switches) that take an argument.
+_SWITCHES_WITH_ARG = frozenset("BCcDdfhkNprStvW-")
+_C_SPACE = frozenset(" \t\n\v\f\r")  # C isspace()
+
+
+def _split_options(options: str) -> list[str]:
+    """Postgres' pg_split_opts: words split on white space; a backslash makes the next
+    character (white space or a backslash too) part of the word."""
+    words: list[str] = []
+    word: list[str] = []
+    in_word = escaped = False
+    for ch in options:
+        if escaped:
+            word.append(ch)
+            escaped = False
+        elif ch == "\\":
+            in_word = escaped = True
+        elif ch in _C_SPACE:
+            if in_word:
+                words.append("".join(word))
+                word.clear()
+                in_word = False
+        else:
+            word.append(ch)
+            in_word = True
+    if in_word:
+        words.append("".join(word))
+    return words
+
+
+def _startup_options(options: str) -> dict[str, str]:
+    """The `-c name=value` / `--name=value` settings in a startup `options` string, read the
+    way Postgres' getopt does; other switches are skipped. Where Postgres would refuse the
+    connection (a switch missing its argument, a stray word), what was read so far."""
     out: dict[str, str] = {}
-    for key, value in params.items():
-        if key not in STARTUP_NON_SETTINGS:
-            out[key] = value
-    options = params.get("options", "")
-    tokens = options.split()
-    i = 0
-    while i < len(tokens):
-        token = tokens[i]
-        if token == "-c" and i + 1 < len(tokens):
-            token = "--" + tokens[i + 1]
-            i += 1
-        elif token.startswith("-c"):
-            token = "--" + token[2:]
-        if token.startswith("--") and "=" in token:
-            name, _, value = token[2:].partition("=")
-            out[name.replace("-", "_")] = value.replace("\\ ", " ")
-        i += 1
+    args = _split_options(options)
+    k = 0
+    while k < len(args):
+        arg = args[k]
+        k += 1
+        if len(arg) < 2 or arg[0] != "-" or arg == "--":
+            break  # end of the switches
+        for j in range(1, len(arg)):
+            switch = arg[j]
+            if switch not in _SWITCHES_WITH_ARG:
+                continue
+            if j + 1 < len(arg):
+                value = arg[j + 1:]
+            elif k < len(args):
+                value = args[k]
+                k += 1
+            else:
+                return out
+            if switch == "c" or switch == "-":
+                name, equals, value = value.partition("=")
+                if equals:
+                    out[name.replace("-", "_")] = value
+            break
     return out
 
 
 # Statements whose effect outlives a transaction and so cannot be shared in transaction mode.
 _SESSION_ONLY = re.compile(
-    r"^\s*(?:listen\b|prepare\s|declare\s[^;]*\bwith\s+hold\b|"
+    r"(?:listen\b|prepare\s|declare\s[^;]*\bwith\s+hold\b|"
     r"create\s+(?:(?:global|local)\s+)?(?:temp|temporary)\s+table\b)",
     re.IGNORECASE,
 )
+_SESSION_ONLY_HEADS = frozenset("lLpPdDcC")
 _ADVISORY = re.compile(r"\bpg_(?:try_)?advisory_lock(?:_shared)?\s*\(", re.IGNORECASE)
 
 
 def session_only_feature(sql: str) -> str | None:
     """Name the session-scoped feature `sql` uses, or None. Cheap prefilter first."""
-    head = sql.lstrip()[:10].lower()
-    if head[:1] in ("l", "p", "d", "c"):
-        match = _SESSION_ONLY.match(sql)
+    i = 0 if sql[:1].isalpha() else _start(sql)
+    if sql[i:i + 1] in _SESSION_ONLY_HEADS:
+        match = _SESSION_ONLY.match(sql, i)
         if match is not None:
             words = match.group(0).split()
             if words[0].lower() == "declare":  # not the cursor's name: what is refused
                 return "DECLARE ... WITH HOLD"
             return " ".join(words[:2]).upper()
-    if "advisory_lock" in sql and _ADVISORY.search(sql):
+    # Function names are case-insensitive; lower() costs about as much as one more `in`.
+    if "advisory_lock" in sql.lower() and _ADVISORY.search(sql):
         return "session-level advisory locks (pg_advisory_lock)"
     return None

@@ -9,6 +9,7 @@ the session (re)prepares it on whichever server it is given.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 
 from proxy.frontend.settings import (
@@ -17,6 +18,7 @@ from proxy.frontend.settings import (
     parse_tracked,
     reset_target,
     session_only_feature,
+    skip_token,
 )
 from proxy.wire.messages import cstr, read_cstr
 
@@ -35,7 +37,7 @@ class StatementCache:
     """Statements by (query text, parameter types) bytes, shared by all sessions; bounded."""
 
     def __init__(self, capacity: int = 10000) -> None:
-        self.capacity = capacity
+        self.capacity = capacity  # 0 (or less): nothing is kept
         self._items: dict[bytes, Statement] = {}
 
     def from_parse(self, body: bytes) -> tuple[str, Statement]:
@@ -49,49 +51,35 @@ class StatementCache:
             server_name = f"sw_{digest}"
             stmt = Statement(server_name, cstr(server_name) + key, query, parse_tracked(query),
                              session_only_feature(query), reset_target(query))
+            if self.capacity <= 0:
+                return name, stmt
             if len(self._items) >= self.capacity:
                 self._items.pop(next(iter(self._items)))
             self._items[key] = stmt
         return name, stmt
 
 
+# Where a split point, quoted text or a comment may start.
+_SPLIT_SPECIAL = re.compile(r"""[;'"$]|--|/\*""")
+
+
 def split_statements(sql: str) -> list[str]:
-    """Split a multi-statement string on top-level semicolons (quotes, comments respected)."""
+    """Split a multi-statement string on top-level semicolons, stepping over quoted text
+    ('', E'' with backslash escapes, "", $tag$) and comments (block comments nest)."""
     if ";" not in sql:
         return [sql]
     out: list[str] = []
-    start = 0
-    i = 0
-    n = len(sql)
-    while i < n:
-        ch = sql[i]
-        if ch == "'" or ch == '"':
-            end = sql.find(ch, i + 1)
-            while end != -1 and end + 1 < n and sql[end + 1] == ch:
-                end = sql.find(ch, end + 2)
-            i = n if end == -1 else end + 1
-            continue
-        if ch == "-" and sql.startswith("--", i):
-            end = sql.find("\n", i)
-            i = n if end == -1 else end + 1
-            continue
-        if ch == "/" and sql.startswith("/*", i):
-            end = sql.find("*/", i + 2)
-            i = n if end == -1 else end + 2
-            continue
-        if ch == "$":
-            close = sql.find("$", i + 1)
-            tag = sql[i:close + 1] if close != -1 else ""
-            if tag and (tag == "$$" or tag[1:-1].replace("_", "a").isalnum()):
-                end = sql.find(tag, close + 1)
-                i = n if end == -1 else end + len(tag)
-                continue
-        if ch == ";":
+    start = pos = 0
+    search = _SPLIT_SPECIAL.search
+    while (match := search(sql, pos)) is not None:
+        i = match.start()
+        if sql[i] == ";":
             part = sql[start:i]
             if part.strip():
                 out.append(part)
-            start = i + 1
-        i += 1
+            start = pos = i + 1
+        else:
+            pos = skip_token(sql, i)
     if sql[start:].strip():
         out.append(sql[start:])
     return out

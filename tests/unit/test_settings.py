@@ -8,12 +8,17 @@ import pytest
 from proxy.frontend.settings import (
     CANONICAL,
     SETTABLE_REPORTED,
+    Savepoint,
     SettingChange,
     apply_change,
+    parse_savepoint,
     parse_setting,
+    parse_tracked,
     quote_literal,
+    reset_target,
     session_only_feature,
     startup_settings,
+    startup_value_sql,
     sync_sql,
 )
 from proxy.frontend.statements import split_statements
@@ -124,50 +129,214 @@ def test_parse_setting_not_tracked(sql: str) -> None:
         "-- switch tenant\nSET search_path TO a",
     ],
 )
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: parse_setting ignores SET after a leading comment; the SET still runs on "
-    "the pooled server, so the setting leaks to the next client and is lost for this one",
-)
 def test_parse_setting_after_leading_comment(sql: str) -> None:
     assert parse_setting(sql) == SettingChange("search_path", "a")
 
 
 @pytest.mark.parametrize("sql", ["SET role = foo", "SET ROLE TO foo", "set role to foo"])
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the ROLE alternative of _SET_RE swallows '=' / 'TO' into the value "
-    "('= foo', 'TO foo'), so sync_sql later emits 'SET role TO TO foo' (syntax error)",
-)
 def test_parse_setting_role_generic_syntax(sql: str) -> None:
     assert parse_setting(sql) == SettingChange("role", "foo")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a trailing '--' comment becomes part of the value; sync_sql joins parts "
-    "with ';' on one line, so the comment swallows every later statement of the sync",
-)
 def test_parse_setting_trailing_line_comment() -> None:
     assert parse_setting("SET work_mem = '64MB' -- tuning") == SettingChange("work_mem", "'64MB'")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: SET SCHEMA 'x' (alias for search_path) is not tracked, so search_path "
-    "changes leak across pooled clients",
-)
 def test_parse_setting_set_schema() -> None:
     assert parse_setting("SET SCHEMA 'tenant_1'") == SettingChange("search_path", "'tenant_1'")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: custom GUC names with more than one dot (valid in Postgres) are not "
-    "tracked, so they leak across pooled clients",
-)
 def test_parse_setting_multi_dot_custom_name() -> None:
     assert parse_setting("SET a.b.c = 1") == SettingChange("a.b.c", "1")
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "  /* a */ /* b */\n SET search_path TO a",
+        "/* outer /* nested */ still comment */ SET search_path TO a",
+        "/*/ opens, does not close */ SET search_path TO a",
+        "-- one\n-- two\r\n/* three */SET search_path TO a",
+        "/**/SET search_path TO a",
+        "SET /* c */ search_path /* d */ TO a",
+        "SET search_path TO a -- c",
+        "SET search_path TO a /* c */;",
+        "SET search_path TO a; -- c",
+        "SET search_path TO a--c",
+    ],
+)
+def test_parse_setting_comments_are_white_space(sql: str) -> None:
+    assert parse_setting(sql) == SettingChange("search_path", "a")
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "/* unterminated SET search_path TO a",
+        "-- SET search_path TO a",
+        "/* SET x = 1 */",
+        "/* a /* b */ SET x = 1 */ SELECT 1",
+        "SELECT 1 -- SET x = 1",
+    ],
+)
+def test_parse_setting_inside_comment_is_not_tracked(sql: str) -> None:
+    assert parse_setting(sql) is None
+
+
+@pytest.mark.parametrize(
+    "sql,value",
+    [
+        ("SET x = 'a -- b'", "'a -- b'"),
+        ("SET x = 'a /* b */' -- c", "'a /* b */'"),
+        ("SET x = E'it\\'s -- here' -- gone", "E'it\\'s -- here'"),
+        ('SET x = "a--b"', '"a--b"'),
+        ("SET x = $$ -- in $$ -- out", "$$ -- in $$"),
+        ("SET search_path TO a, -- first\n b", "a,  \n b"),
+    ],
+)
+def test_parse_setting_comment_markers_in_quoted_text_stay(sql: str, value: str) -> None:
+    assert parse_setting(sql) == SettingChange(sql.split()[1].lower(), value)
+
+
+@pytest.mark.parametrize(
+    "sql,value",
+    [
+        ("SET ROLE toby", "toby"),
+        ("SET ROLE 'to'", "'to'"),
+        ("SET role=foo", "foo"),
+        ("SET SESSION role = foo", "foo"),
+        ("SET ROLE TO foo -- switch", "foo"),
+        ("/* c */ SET ROLE foo;", "foo"),
+        ("SET role TO DEFAULT", None),
+    ],
+)
+def test_parse_setting_role_forms(sql: str, value: str | None) -> None:
+    assert parse_setting(sql) == SettingChange("role", value)
+
+
+@pytest.mark.parametrize(
+    "sql,expected",
+    [
+        ("SET role_x = 1", SettingChange("role_x", "1")),
+        ("SET rolex TO 1", SettingChange("rolex", "1")),
+        ("SET role.x = 1", SettingChange("role.x", "1")),
+        ("SET session_replication_role = replica",
+         SettingChange("session_replication_role", "replica")),
+        ("SET SESSION AUTHORIZATION DEFAULT", None),
+    ],
+)
+def test_parse_setting_not_role(sql: str, expected: SettingChange | None) -> None:
+    assert parse_setting(sql) == expected
+
+
+@pytest.mark.parametrize(
+    "sql,expected",
+    [
+        ("set schema 'a'", SettingChange("search_path", "'a'")),
+        ("SET SESSION SCHEMA 'a,b'", SettingChange("search_path", "'a,b'")),
+        ("SET SCHEMA E'x\\\\y'", SettingChange("search_path", "E'x\\\\y'")),
+        ("SET SCHEMA 'x' -- c", SettingChange("search_path", "'x'")),
+        ("SET SCHEMA $$x$$", SettingChange("search_path", "$$x$$")),
+        # not the SCHEMA form: the generic SET of a parameter named so (Postgres refuses it)
+        ("SET schema = 'x'", SettingChange("schema", "'x'")),
+        ("SET schema_x = 1", SettingChange("schema_x", "1")),
+        ("SET LOCAL SCHEMA 'x'", None),
+        ("SET SCHEMA", None),
+    ],
+)
+def test_parse_setting_schema_forms(sql: str, expected: SettingChange | None) -> None:
+    assert parse_setting(sql) == expected
+
+
+def test_parse_setting_xml_option() -> None:
+    assert parse_setting("SET XML OPTION DOCUMENT") == SettingChange("xmloption", "DOCUMENT")
+    assert parse_setting("set xml option content;") == SettingChange("xmloption", "content")
+    assert parse_setting("SET LOCAL XML OPTION DOCUMENT") is None
+
+
+@pytest.mark.parametrize(
+    "sql,expected",
+    [
+        ("SET a.b.c TO 'x'", SettingChange("a.b.c", "'x'")),
+        ("SET App.Tenant.Id = 1", SettingChange("app.tenant.id", "1")),
+        ("SET a.b.c TO DEFAULT", SettingChange("a.b.c", None)),
+        ("RESET a.b.c", SettingChange("a.b.c", None)),
+        ("RESET x.y.z;", SettingChange("x.y.z", None)),
+        ("SET a..b = 1", None),
+        ("SET a.b. = 1", None),
+        ("RESET a.b.", None),
+    ],
+)
+def test_parse_setting_dotted_names(sql: str, expected: SettingChange | None) -> None:
+    assert parse_setting(sql) == expected
+
+
+@pytest.mark.parametrize(
+    "sql,expected",
+    [
+        ("RESET work_mem -- c", SettingChange("work_mem", None)),
+        ("/* c */ RESET ALL", RESET_ALL),
+        ("-- c\nDISCARD ALL -- c", RESET_ALL),
+        ("RESET /* c */ work_mem", SettingChange("work_mem", None)),
+    ],
+)
+def test_parse_setting_reset_with_comments(sql: str, expected: SettingChange) -> None:
+    assert parse_setting(sql) == expected
+
+
+@pytest.mark.parametrize(
+    "sql,expected",
+    [
+        ("RESET work_mem", "work_mem"),
+        ("RESET a.b.c", "a.b.c"),
+        ("RESET ALL", ""),
+        ("DISCARD ALL", ""),
+        ("RESET TimeZone", "timezone"),
+        ("SET TIME ZONE DEFAULT", "timezone"),
+        ("SET TIME ZONE LOCAL", "timezone"),
+        ("SET application_name TO DEFAULT", "application_name"),
+        ("set a.b.c = default;", "a.b.c"),
+        ("/* c */ RESET work_mem", "work_mem"),
+        ("-- c\n  RESET work_mem -- d", "work_mem"),
+        ("/* a /* b */ */ DISCARD ALL", ""),
+        ("SET x TO 1", None),
+        ("SELECT 1", None),
+        ("RESET", None),
+        ("-- RESET ALL", None),
+        ("", None),
+    ],
+)
+def test_reset_target(sql: str, expected: str | None) -> None:
+    assert reset_target(sql) == expected
+
+
+@pytest.mark.parametrize(
+    "sql,expected",
+    [
+        ("SAVEPOINT a", Savepoint("savepoint", "a")),
+        ("/* c */ SAVEPOINT a", Savepoint("savepoint", "a")),
+        ("-- c\nRELEASE SAVEPOINT a -- d", Savepoint("release", "a")),
+        ('ROLLBACK TO /* c */ SAVEPOINT "A";', Savepoint("rollback", "A")),
+        ("rollback work to b", Savepoint("rollback", "b")),
+        ("ROLLBACK", None),
+        ("-- SAVEPOINT a", None),
+        ("SELECT 1", None),
+    ],
+)
+def test_parse_savepoint(sql: str, expected: Savepoint | None) -> None:
+    assert parse_savepoint(sql) == expected
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SET search_path TO a", "/* c */ SET x.y.z = 1 -- d", "RESET ALL", "DISCARD ALL",
+        "SAVEPOINT a", "-- c\nROLLBACK TO a", "RELEASE a", "SELECT 1", "  select 1", "",
+        "/* x */", "ROLLBACK", "SET LOCAL x = 1", "rollback to savepoint b",
+    ],
+)
+def test_parse_tracked_is_setting_or_savepoint(sql: str) -> None:
+    assert parse_tracked(sql) == (parse_setting(sql) or parse_savepoint(sql))
 
 
 def test_parse_setting_reported_names_are_all_canonicalised() -> None:
@@ -285,15 +454,27 @@ def test_sync_sql_replays_through_parse_setting() -> None:
     assert result == want
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: SET ROLE x parsed as ('role', 'x') is replayed as 'SET role TO x', which "
-    "parse_setting reads back as ('role', 'TO x') (the ROLE alternative swallows TO)",
-)
 def test_sync_sql_role_replays_through_parse_setting() -> None:
     want = {"role": "app_rw"}
     [stmt] = split_statements(sync_sql({}, {}, want, {}))
     assert parse_setting(stmt) == SettingChange("role", "app_rw")
+
+
+def test_sync_sql_replays_commented_and_dotted_settings() -> None:
+    """Settings read from commented client SQL replay as one statement each."""
+    result: dict[str, str] = {}
+    for sql in ["SET work_mem = '64MB' -- tuning", "SET ROLE TO app_rw",
+                "/* x */ SET a.b.c = 1", "SET SCHEMA 's' -- tenant"]:
+        change = parse_setting(sql)
+        assert change is not None
+        apply_change(result, change)
+    assert result == {"work_mem": "'64MB'", "role": "app_rw", "a.b.c": "1", "search_path": "'s'"}
+    replayed: dict[str, str] = {}
+    for stmt in split_statements(sync_sql({}, {}, result, {})):
+        change = parse_setting(stmt)
+        assert change is not None
+        apply_change(replayed, change)
+    assert replayed == result
 
 
 def test_quote_literal() -> None:
@@ -303,15 +484,20 @@ def test_quote_literal() -> None:
     assert quote_literal("''") == "''''''"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: quote_literal leaves backslashes bare; after a client sets "
-    "standard_conforming_strings=off (a re-applied reported param), 'a\\' in a sync "
-    "query escapes the closing quote. Postgres' quote_literal uses E'' with doubled "
-    "backslashes, which is correct in both modes",
-)
 def test_quote_literal_backslash_is_mode_independent() -> None:
     assert quote_literal("C:\\dir\\") == "E'C:\\\\dir\\\\'"
+
+
+def test_quote_literal_backslash_and_quote() -> None:
+    assert quote_literal("a\\'b") == "E'a\\\\''b'"
+    # The E'' literal is one statement to split_statements, however it ends.
+    sql = sync_sql({"application_name": "x\\"}, {}, {}, {})
+    assert split_statements(sql + ";SELECT 1") == [sql, "SELECT 1"]
+
+
+def test_startup_value_sql_quotes_backslashes() -> None:
+    assert startup_value_sql("work_mem", "a\\b") == "E'a\\\\b'"
+    assert startup_value_sql("search_path", 'a, "B\\c"') == "'a', E'B\\\\c'"
 
 
 # ---------------------------------------------------------------------- startup_settings
@@ -356,43 +542,53 @@ def test_startup_settings_ignores_other_switches_and_dangling_c() -> None:
     assert startup_settings({"options": ""}) == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: options are split with str.split() before unescaping, so '\\ ' never "
-    "survives as a space (Postgres' pg_split_opts treats backslash as an escape)",
-)
 def test_startup_settings_escaped_spaces() -> None:
     params = {"options": r"-c application_name=my\ app -c search_path=a,\ b"}
     assert startup_settings(params) == {"application_name": "my app", "search_path": "a, b"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a backslash escapes any character in Postgres' pg_split_opts; "
-    "'\\\\' must become a single backslash",
-)
 def test_startup_settings_escaped_backslash() -> None:
     assert startup_settings({"options": r"-c x=a\\b"}) == {"x": "a\\b"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Postgres applies 'options' first and explicit startup parameters after "
-    "(process_startup_options), so explicit parameters win; startup_settings lets "
-    "options override them",
-)
 def test_startup_settings_explicit_param_beats_options() -> None:
     params = {"application_name": "explicit", "options": "-c application_name=opt"}
     assert startup_settings(params) == {"application_name": "explicit"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: _pq_.* startup keys are protocol options (answered with "
-    "NegotiateProtocolVersion), not settings; startup_settings returns them as GUCs",
-)
 def test_startup_settings_excludes_protocol_options() -> None:
     assert startup_settings({"user": "u", "_pq_.foo": "bar"}) == {}
+
+
+def test_startup_settings_explicit_param_beats_options_case_insensitively() -> None:
+    params = {"Application_Name": "explicit", "options": "-c application_name=opt -c a=1"}
+    assert startup_settings(params) == {"a": "1", "Application_Name": "explicit"}
+
+
+def test_startup_settings_later_option_wins() -> None:
+    assert startup_settings({"options": "-c a=1 --a=2"}) == {"a": "2"}
+
+
+@pytest.mark.parametrize(
+    "options,expected",
+    [
+        (r"-c a=x\ y\ \ z", {"a": "x y  z"}),  # escaped spaces, one word
+        ("-c a=b\\", {"a": "b"}),  # a trailing backslash escapes nothing
+        (r"-c a=\\\ b", {"a": "\\ b"}),
+        (r"-c a=\x", {"a": "x"}),
+        ("-c a= -c b=1", {"a": "", "b": "1"}),
+        ("-B 10 -c a=1", {"a": "1"}),  # other switches and their arguments are skipped
+        ("-B -c -c a=1", {"a": "1"}),  # "-c" is -B's argument
+        ("-e -c a=1", {"a": "1"}),  # a switch without argument
+        ("-ec a=1", {"a": "1"}),  # switches may be grouped
+        ("-c a=1 -- -c b=2", {"a": "1"}),  # "--" ends the switches
+        ("-c a=1 stray -c b=2", {"a": "1"}),  # so does a non-switch (Postgres refuses)
+        ("--work-mem=4MB", {"work_mem": "4MB"}),  # dashes in the name only
+        ("-c my-app.x=a-b", {"my_app.x": "a-b"}),
+    ],
+)
+def test_startup_settings_options_like_postgres(options: str, expected: dict[str, str]) -> None:
+    assert startup_settings({"options": options}) == expected
 
 
 # ------------------------------------------------------------------ session_only_feature
@@ -477,20 +673,35 @@ def test_not_session_only(sql: str) -> None:
     assert session_only_feature(sql) is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the 'advisory_lock' prefilter is case-sensitive although _ADVISORY is "
-    "IGNORECASE, so upper-case calls slip through transaction pooling",
-)
 def test_advisory_lock_upper_case() -> None:
     assert session_only_feature("SELECT PG_ADVISORY_LOCK(1)") is not None
 
 
-@pytest.mark.parametrize("sql", ["/* app */ LISTEN x", "-- c\nCREATE TEMP TABLE t ()"])
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: session_only_feature only looks at the first non-blank character, so a "
-    "leading comment hides LISTEN / PREPARE / DECLARE WITH HOLD / CREATE TEMP",
+@pytest.mark.parametrize(
+    "sql",
+    ["SELECT Pg_Advisory_Lock(1)", "select PG_TRY_ADVISORY_LOCK_SHARED(1)",
+     "SELECT pg_advisory_LOCK (1)"],
 )
+def test_advisory_lock_mixed_case(sql: str) -> None:
+    assert session_only_feature(sql) == "session-level advisory locks (pg_advisory_lock)"
+
+
+@pytest.mark.parametrize("sql", ["/* app */ LISTEN x", "-- c\nCREATE TEMP TABLE t ()"])
 def test_session_only_after_leading_comment(sql: str) -> None:
     assert session_only_feature(sql) is not None
+
+
+@pytest.mark.parametrize(
+    "sql,expected",
+    [
+        ("/* a /* nested */ b */ PREPARE p AS SELECT 1", "PREPARE"),
+        ("  -- one\n  /* two */\n listen x", "LISTEN"),
+        ("/**/DECLARE c CURSOR WITH HOLD FOR SELECT 1", "DECLARE ... WITH HOLD"),
+        ("-- LISTEN x\nSELECT 1", None),
+        ("/* LISTEN x */ SELECT 1", None),
+        ("/* unterminated LISTEN x", None),
+        ("--", None),
+    ],
+)
+def test_session_only_comments(sql: str, expected: str | None) -> None:
+    assert session_only_feature(sql) == expected

@@ -122,6 +122,29 @@ def test_capacity_one() -> None:
         assert len(cache._items) == 1
 
 
+@pytest.mark.parametrize("capacity", [0, -1])
+def test_capacity_zero_caches_nothing(capacity: int) -> None:
+    cache = StatementCache(capacity=capacity)
+    body = parse_body("s", "SET search_path TO a")
+    name, stmt = cache.from_parse(body)
+    assert name == "s"
+    assert stmt.change == SettingChange("search_path", "a")
+    assert cache._items == {}
+    _, again = cache.from_parse(body)
+    assert again.server_name == stmt.server_name
+    assert cache._items == {}
+
+
+def test_statement_records_commented_setting_and_feature() -> None:
+    cache = StatementCache()
+    _, setter = cache.from_parse(parse_body("", "/* app */ SET a.b.c = 1 -- c"))
+    assert setter.change == SettingChange("a.b.c", "1")
+    _, resetter = cache.from_parse(parse_body("", "-- c\nRESET a.b.c"))
+    assert resetter.reset == "a.b.c"
+    _, listen = cache.from_parse(parse_body("", "/* a /* b */ */ LISTEN x"))
+    assert listen.session_feature == "LISTEN"
+
+
 def test_hits_do_not_grow_the_cache() -> None:
     cache = StatementCache(capacity=2)
     body = parse_body("", "SELECT 1")
@@ -213,24 +236,53 @@ def test_unicode_text() -> None:
     assert split_statements("SELECT 'é;ü'; SELECT '✓'") == ["SELECT 'é;ü'", " SELECT '✓'"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: E'' escape strings are scanned like standard strings, so a "
-    "backslash-escaped quote (E'\\'') ends the literal early and a ';' inside splits it",
-)
 def test_split_escape_string_with_backslash_quote() -> None:
     sql = "SELECT E'it\\'s; here'; SELECT 2"
     assert split_statements(sql) == ["SELECT E'it\\'s; here'", " SELECT 2"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Postgres block comments nest; split_statements ends the comment at the "
-    "first '*/' and splits on a ';' that is still inside the outer comment",
-)
 def test_split_nested_block_comment() -> None:
     sql = "SELECT 1 /* outer /* inner */ still; comment */; SELECT 2"
     assert split_statements(sql) == [
         "SELECT 1 /* outer /* inner */ still; comment */",
         " SELECT 2",
     ]
+
+
+@pytest.mark.parametrize(
+    "sql,expected",
+    [
+        # E'' strings: backslash escapes (a quote, a backslash), '' too, either case of E
+        ("SELECT E'\\\\'; SELECT 2", ["SELECT E'\\\\'", " SELECT 2"]),
+        ("SELECT e'a\\';b'; x", ["SELECT e'a\\';b'", " x"]),
+        ("SELECT E'a'';b\\''''; x", ["SELECT E'a'';b\\''''", " x"]),
+        ("SELECT 1, E'\\\\', ';'; x", ["SELECT 1, E'\\\\', ';'", " x"]),
+        # a quote after an identifier ending in e is a standard string
+        ("SELECT some'a\\'; x", ["SELECT some'a\\'", " x"]),
+        ("SELECT U&'a\\'; x", ["SELECT U&'a\\'", " x"]),
+        # nested block comments, "/*/" opens, "*/*" closes
+        ("SELECT 1 /* a /* b /* c */ ; */ ; */; x",
+         ["SELECT 1 /* a /* b /* c */ ; */ ; */", " x"]),
+        ("SELECT 1 /*/ ; */; x", ["SELECT 1 /*/ ; */", " x"]),
+        ("SELECT 1 /* */* 2; x", ["SELECT 1 /* */* 2", " x"]),
+        ("SELECT 1 /* '; */; x", ["SELECT 1 /* '; */", " x"]),
+        # a carriage return ends a line comment too
+        ("SELECT 1 -- c\r; x", ["SELECT 1 -- c\r", " x"]),
+        # `$` inside an identifier starts no dollar quote
+        ("SELECT a$$b; SELECT 2", ["SELECT a$$b", " SELECT 2"]),
+        ("SELECT 1 AS x$y$; SELECT $y$;$y$", ["SELECT 1 AS x$y$", " SELECT $y$;$y$"]),
+    ],
+)
+def test_split_statements_lexer_details(sql: str, expected: list[str]) -> None:
+    assert split_statements(sql) == expected
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT E'unterminated\\'; still quoted",
+        "SELECT 1 /* a /* b */ ; still in a",
+    ],
+)
+def test_unterminated_escape_string_and_nested_comment(sql: str) -> None:
+    assert split_statements(sql) == [sql]
