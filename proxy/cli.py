@@ -90,6 +90,20 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_route(args: argparse.Namespace) -> int:
+    """Print where a statement would go and why (the planner's route and reason)."""
+    from proxy.sql import Planner, explain
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"shardwire: invalid topology: {exc}", file=sys.stderr)
+        return 2
+    route = Planner(config).plan(args.sql, args.param or None)
+    print(explain(route))
+    return 1 if route.error is not None else 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from proxy.demo import run_demo
 
@@ -109,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="validate a topology file and print a summary")
     p.add_argument("--config", "-c", required=True, help="topology YAML file")
     p.set_defaults(func=cmd_check)
+    p = sub.add_parser("route", help="show which shard(s) a statement goes to, and why")
+    p.add_argument("--config", "-c", required=True, help="topology YAML file")
+    p.add_argument("--param", "-p", action="append",
+                   help="a $n parameter value in text form (repeat in order: $1, $2, ...)")
+    p.add_argument("sql", help="the SQL statement")
+    p.set_defaults(func=cmd_route)
     p = sub.add_parser("demo", help="start two throwaway local shards and serve them")
     p.add_argument("--port", type=int, default=6432)
     p.set_defaults(func=cmd_demo)
