@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -74,6 +75,12 @@ _VALID_FRONTEND = frozenset({
 # Sent in place of a refused statement: fails at parse time, changes nothing on the server.
 _FAIL_QUERY = m.query("shardwire refused this statement")
 _FAIL_PARSE = m.parse_message("shardwire_refused", "shardwire refused this statement")
+# Server statements Postgres refused to Bind with 0A000 ("cached plan must not change result
+# type": DDL changed the shape of a SELECT * ...). Postgres keeps failing such a statement
+# until it is prepared again, and clients (pgjdbc, asyncpg) heal by preparing the same text
+# under a new name, which shardwire maps to the same server name: so each server connection
+# holding it closes and re-prepares it once. Server name -> the servers that did so since.
+_REPLAN: dict[str, weakref.WeakSet[ServerConnection]] = {}
 
 
 class Entry:
@@ -385,6 +392,7 @@ class ClientSession:
             portal, pos = m.read_cstr(region, start)
             name, pos = m.read_cstr(region, pos)
             stmt = self.stmts.get(name)
+            server_name = None
             if stmt is None:
                 self.out.append(region[start - 5:end])  # Postgres reports the missing statement
             else:
@@ -400,7 +408,8 @@ class ClientSession:
                         self.portal_resets[portal] = stmt.reset
                     else:
                         self.portal_resets.pop(portal, None)
-            queue.append(Entry(K_ONE))
+            # a str (not a tuple): for _stale_plan if the Bind fails, ignored by _undo
+            queue.append(Entry(K_ONE, server_name or None))
         elif mtype == m.EXECUTE:
             self.out.append(region[start - 5:end])
             change = None
@@ -486,6 +495,8 @@ class ClientSession:
             self.unnamed_body = server.unnamed = body
             self.queue.append(Entry(K_ONE, (name, None)))
             return
+        if _REPLAN:
+            self._replan(server, stmt.server_name)
         if stmt.server_name in server.prepared:
             server.prepared.move_to_end(stmt.server_name)
             self.synth(m.PARSE_COMPLETE_MSG)
@@ -503,6 +514,28 @@ class ClientSession:
             self.queue.append(Entry(K_SWALLOW_ONE, (None, evict)))
         prepared[stmt.server_name] = None
         self.out.append(m.message(m.PARSE, stmt.parse_body))
+        if _REPLAN:
+            fresh = _REPLAN.get(stmt.server_name)
+            if fresh is not None:
+                fresh.add(server)
+
+    def _replan(self, server: ServerConnection, server_name: str) -> None:
+        """Close a statement on `server` if it went stale there (see _REPLAN); the caller
+        then prepares it again as the server no longer lists it."""
+        fresh = _REPLAN.get(server_name)
+        if fresh is None or server in fresh:
+            return
+        fresh.add(server)
+        if server.prepared.pop(server_name, 0) is None:  # listed: held by the server
+            self.out.append(m.close_statement(server_name))
+            self.queue.append(Entry(K_SWALLOW_ONE, (None, None)))
+
+    @staticmethod
+    def _stale_plan(server_name: str, error: bytes) -> None:
+        """A Bind of a named statement failed: if Postgres will keep refusing the statement
+        (0A000, see _REPLAN), make every server connection prepare it again."""
+        if m.decode_fields(error).get("C") == "0A000":
+            _REPLAN[server_name] = weakref.WeakSet()
 
     def ensure_prepared(self, name: str, stmt: Statement) -> str:
         """Before a Bind/Describe: make sure this server holds the client's statement.
@@ -517,6 +550,8 @@ class ClientSession:
                 server.unnamed = body
                 self.queue.append(Entry(K_SWALLOW_ONE, ("", None)))
             return ""
+        if _REPLAN:
+            self._replan(server, stmt.server_name)
         if stmt.server_name in server.prepared:
             server.prepared.move_to_end(stmt.server_name)
         else:
@@ -638,6 +673,8 @@ class ClientSession:
                         self._drop_until_sync()
                 elif kind != K_QUERY:
                     if entry is not None:
+                        if kind == K_ONE and entry.data.__class__ is str:  # a failed Bind
+                            self._stale_plan(entry.data, region[start:end])  # type: ignore[arg-type]
                         self._undo(entry)
                         queue.popleft()
                     self._drop_until_sync()
@@ -750,8 +787,8 @@ class ClientSession:
 
     def _undo(self, entry: Entry) -> None:
         """A Parse that did not happen: forget the statement on the server and the client."""
-        if entry.data is None or entry.kind not in (K_ONE, K_SWALLOW_ONE):
-            return
+        if entry.data.__class__ is not tuple or entry.kind not in (K_ONE, K_SWALLOW_ONE):
+            return  # (a Bind's entry holds a str)
         client_name, server_name = entry.data  # type: ignore[misc]
         server = self.server
         if server_name is not None and server is not None:
