@@ -79,18 +79,13 @@ class Pool:
             async with asyncio.timeout(self.checkout_timeout):
                 conn = await fut  # raises ShardUnavailable if a connect attempt failed
         except TimeoutError:
-            # The timeout may fire just as a connection was handed to us: give it back.
-            if (fut.done() and not fut.cancelled() and fut.exception() is None
-                    and fut.result() is not None):
-                self.release(fut.result())  # type: ignore[arg-type]
+            self._reclaim(fut)  # the timeout may fire just as something was handed to us
             raise CheckoutTimeout(
                 f'no server connection to shard "{self.target.shard}" became free within '
                 f"{self.checkout_timeout:g}s (pool size {self.size})",
                 hint="raise pool.size or pool.checkout_timeout, or shorten transactions") from None
         except asyncio.CancelledError:
-            if (fut.done() and not fut.cancelled() and fut.exception() is None
-                    and fut.result() is not None):
-                self.release(fut.result())  # type: ignore[arg-type]
+            self._reclaim(fut)
             raise
         finally:
             if fut in self.waiters:
@@ -145,6 +140,15 @@ class Pool:
             return
         if not self._offer(conn):
             self.idle.append(conn)
+
+    def _reclaim(self, fut: asyncio.Future[ServerConnection | None]) -> None:
+        """A waiter gave up: pass on whatever was handed to it (a connection or a slot)."""
+        if fut.done() and not fut.cancelled() and fut.exception() is None:
+            conn = fut.result()
+            if conn is not None:
+                self.release(conn)
+            else:
+                self._offer(None)
 
     def _offer(self, conn: ServerConnection | None) -> bool:
         """Hand `conn` (or, with None, a free slot) to the first live waiter."""

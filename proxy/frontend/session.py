@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from proxy.backend.connection import ServerConnection
-from proxy.errors import FeatureNotSupported, ProtocolViolation, ShardwireError
+from proxy.errors import FeatureNotSupported, InternalError, ProtocolViolation, ShardwireError
 from proxy.frontend.settings import (
     SETTABLE_REPORTED,
     Savepoint,
@@ -133,6 +133,7 @@ class ClientSession:
         self._backlog: deque[bytes] = deque()
         self._client_paused = False
         self._server_full = False
+        self._sync_failed: str | None = None
         self._done: asyncio.Future[None] | None = None
 
     # ----------------------------------------------------------------- client -> server
@@ -153,10 +154,12 @@ class ClientSession:
         # private buffer is the only way to take them over; it has been stable since 3.4).
         buffered = bytes(reader._buffer)
         reader._buffer.clear()
-        if reader.at_eof():
-            self._done.set_result(None)
+        if reader.at_eof() or reader.exception() is not None or self.transport.is_closing():
+            self._done.set_result(None)  # the client left during login: nothing to serve
         else:
             self.transport.set_protocol(self)
+            # The stream may have paused the socket for a full buffer; nobody else resumes it.
+            self.transport.resume_reading()
         try:
             if rest or buffered:
                 self.data_received(rest + buffered)
@@ -172,12 +175,19 @@ class ClientSession:
         if self._busy:  # an async step (checkout) is under way: keep order
             self._backlog.append(data)
             return
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
         try:
             region, frames = self.framer.feed(data)
             if frames:
                 self.process(region, frames, 0)
         except ProtocolViolation as err:
             self.send_error(err, fatal=True)
+            self.close()
+        except Exception as exc:  # a bug: report it as one, end this session only
+            log.exception("session failed")
+            self.send_error(InternalError(f"{type(exc).__name__}: {exc}"), fatal=True)
             self.close()
 
     def eof_received(self) -> bool:
@@ -248,18 +258,24 @@ class ClientSession:
 
     async def _checkout_then_resume(self, pool: Pool, region: bytes, frames: list[Frame],
                                     index: int) -> None:
-        """Wait for a server, then go on with the frames and whatever arrived meanwhile."""
+        """Wait for a server, then go on with the frames and whatever arrived meanwhile.
+
+        Whatever happens here, the session must end up either serving (reading resumed) or
+        closed: a task that died with the client's socket paused would never see its EOF."""
         mtype = frames[index][0]
         try:
-            server = await pool.acquire()
-        except ShardwireError as err:
-            if log.isEnabledFor(logging.DEBUG):
-                for other in list(self.proxy.sessions.values()):
-                    srv = other.server
-                    log.debug("checkout failed (%s); session %d: server=%s status=%s queue=%s "
-                              "busy=%s closed=%s", err.message, other.pid,
-                              srv.address if srv else None, srv.status if srv else None,
-                              [e.kind for e in other.queue], other._busy, other.closed)
+            while True:
+                server = await pool.acquire()
+                if not server.closed:
+                    break
+                pool.release(server, reusable=False)  # died while being handed over
+        except Exception as exc:
+            err = exc if isinstance(exc, ShardwireError) else InternalError(
+                f"checkout failed: {type(exc).__name__}: {exc}")
+            if not isinstance(exc, ShardwireError):
+                log.exception("checkout failed")
+            elif log.isEnabledFor(logging.DEBUG):
+                self._log_sessions(err.message)
             self.reject(err, simple=mtype == m.QUERY)
             index += 1
         else:
@@ -272,15 +288,25 @@ class ClientSession:
             if not self.closed:
                 self.process(region, frames, index)
             while self._backlog and not self._busy and not self.closed:
-                data = self._backlog.popleft()
-                region, frames = self.framer.feed(data)
-                if frames:
-                    self.process(region, frames, 0)
+                self._feed(self._backlog.popleft())
         except ProtocolViolation as err:
             self.send_error(err, fatal=True)
             self.close()
-        if not self._busy and not self.closed:
+        except Exception as exc:  # a bug: report it as one, end this session only
+            log.exception("session failed after a checkout")
+            self.send_error(InternalError(f"{type(exc).__name__}: {exc}"), fatal=True)
+            self.close()
+        if not self._busy and not self.closed and not self._server_full:
             self.transport.resume_reading()
+
+    def _log_sessions(self, why: str) -> None:
+        """Debug aid for pool exhaustion: what every session holds right now."""
+        for other in list(self.proxy.sessions.values()):
+            srv = other.server
+            log.debug("checkout failed (%s); session %d: server=%s pid=%s status=%s queue=%s "
+                      "busy=%s closed=%s", why, other.pid, srv.address if srv else None,
+                      srv.pid if srv else None, srv.status if srv else None,
+                      [e.kind for e in other.queue], other._busy, other.closed)
 
     def flush(self) -> None:
         if self.out:
@@ -354,6 +380,7 @@ class ClientSession:
         sql = sync_sql(self.params, server.params, self.settings, server.settings)
         if sql:
             server.settings = dict(self.settings)
+            server.unnamed = None  # any simple Query drops the unnamed statement
             self.out.append(m.query(sql))
             self.queue.append(Entry(K_SWALLOW_Z))
 
@@ -375,7 +402,12 @@ class ClientSession:
                     return
             tag = self.deallocate(sql)
             if tag is not None:
-                self.synth(m.command_complete(tag) + m.ready_for_query(server.status))
+                # The ReadyForQuery status is the one in force when this answer goes out
+                # (a BEGIN pipelined ahead of it changes it): a tuple marks "add it then".
+                if self.queue:
+                    self.queue.append(Entry(K_SYNTH, (m.command_complete(tag),)))
+                else:
+                    self.write(m.command_complete(tag) + m.ready_for_query(server.status))
                 return
             changes = restore = None
             if _MAY_TRACK.search(sql) is not None:
@@ -385,6 +417,7 @@ class ClientSession:
                 if self.restorable:
                     restore = {t for t in map(reset_target, parts) if t is not None}
             self.out.append(region[start - 5:end])
+            server.unnamed = None  # Postgres drops the unnamed statement on a simple Query
             queue.append(Entry(K_QUERY, changes))
             if restore:
                 self._restore(restore)
@@ -475,6 +508,8 @@ class ClientSession:
                 changes.append(SettingChange(name, value))
         if sql:
             self.out.append(m.query(";".join(sql)))
+            if self.server is not None:
+                self.server.unnamed = None
             self.queue.append(Entry(K_RESTORE, changes))
 
     def parse(self, body: bytes) -> None:
@@ -577,6 +612,8 @@ class ClientSession:
         payload = error_bytes(err)
         if self.server is not None:
             self.out.append(_FAIL_QUERY if simple else _FAIL_PARSE)
+            if simple:
+                self.server.unnamed = None  # a simple Query drops the unnamed statement
             self.queue.append(Entry(K_FAIL_QUERY if simple else K_FAIL_ONE, payload))
             return
         if simple:
@@ -625,9 +662,15 @@ class ClientSession:
                 elif mtype == m.READY_FOR_QUERY:
                     server.status = region[start:start + 1]
                     queue.popleft()
-                elif mtype == m.ERROR_RESPONSE:
-                    log.warning("session sync failed on %s: %s", server.address,
-                                m.decode_fields(region[start:end]).get("M"))
+                elif mtype == m.ERROR_RESPONSE and kind == K_SWALLOW_Z:
+                    # The client's session state could not be applied: running its statements
+                    # with other settings (say another search_path) could write to the wrong
+                    # place. End the session rather than guess.
+                    problem = m.decode_fields(region[start:end]).get("M", "error")
+                    log.warning("session sync failed on %s: %s", server.address, problem)
+                    server.settings.clear()
+                    server.params.clear()  # forces a full sync for the next client
+                    self._sync_failed = problem
             elif kind == K_RESTORE:
                 if mtype in _ASYNC:
                     if mtype == m.PARAMETER_STATUS:  # the client sees these, as in Postgres
@@ -671,7 +714,7 @@ class ClientSession:
                     else:
                         queue.popleft()
                         self._drop_until_sync()
-                elif kind != K_QUERY:
+                elif kind != K_QUERY and kind != K_SYNC:  # at a Sync, ReadyForQuery follows
                     if entry is not None:
                         if kind == K_ONE and entry.data.__class__ is str:  # a failed Bind
                             self._stale_plan(entry.data, region[start:end])  # type: ignore[arg-type]
@@ -716,11 +759,23 @@ class ClientSession:
                 out.append(region[flushed:end])
                 flushed = end
                 while queue and queue[0].kind == K_SYNTH:
-                    out.append(queue.popleft().data)  # type: ignore[arg-type]
+                    data = queue.popleft().data
+                    if data.__class__ is tuple:  # a simple-query answer: status as of now
+                        data = data[0] + m.ready_for_query(server.status)  # type: ignore[index]
+                    out.append(data)  # type: ignore[arg-type]
         if flushed < len(region):
             out.append(region[flushed:] if flushed else region)
         if out:
             self.write(out[0] if len(out) == 1 else b"".join(out))
+        if self._sync_failed is not None:
+            problem, self._sync_failed = self._sync_failed, None
+            self.send_error(ShardwireError(
+                f'could not apply this session\'s settings on shard "{server.shard}": {problem}',
+                hint="a setting this client made earlier is not valid on that shard; "
+                     "reconnect, and check that every shard has the same roles and schemas",
+                sqlstate="08006"), fatal=True)
+            self.close()
+            return
         if release and self.server is server:
             self.release_server()
 

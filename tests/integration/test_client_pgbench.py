@@ -86,7 +86,11 @@ def test_tpcb_keeps_balances_consistent(initialised: RunningProxy, direct_dsn: s
                                         mode: str) -> None:
     with psycopg.connect(direct_dsn) as conn:
         before = conn.execute(f"SELECT count(*) FROM {SCHEMA}.pgbench_history").fetchone()
-    result = run_pgbench(initialised, "-M", mode, "-c", "4", "-j", "2", "-T", "3", "-n")
+    # One pgbench thread per client: a thread running several clients blocks all of them
+    # while one waits for a pooled connection (pgbench prepares with a blocking PQprepare),
+    # and if another of its clients holds the branch row lock, that is a wait cycle through
+    # the pool (pool size 3 < 4 clients) that no pooler can break. See README, Pool modes.
+    result = run_pgbench(initialised, "-M", mode, "-c", "4", "-j", "4", "-T", "3", "-n")
     processed = check_run(result, 4)
     assert "TPC-B (sort of)" in result.stdout
     with psycopg.connect(direct_dsn) as conn:
@@ -122,7 +126,7 @@ def test_custom_script_with_variables(initialised: RunningProxy, direct_dsn: str
                 "END;\n")
     with psycopg.connect(direct_dsn) as conn:
         before = conn.execute(f"SELECT count(*) FROM {SCHEMA}.pgbench_history").fetchone()
-    result = run_pgbench(initialised, "-M", "prepared", "-f", script, "-c", "4", "-j", "2",
+    result = run_pgbench(initialised, "-M", "prepared", "-f", script, "-c", "4", "-j", "4",
                          "-t", "100", "-n")
     assert result.returncode == 0, result.stderr
     assert "number of transactions actually processed: 400/400" in result.stdout
