@@ -63,20 +63,25 @@ async def serve(config: Config, ready: Callable[[int], None] | None = None) -> i
     return 0
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def _load(path: str) -> Config | None:
+    """Load a topology, or print why it is invalid (the caller exits 2)."""
     try:
-        config = load_config(args.config)
+        return load_config(path)
     except ConfigError as exc:
         print(f"shardwire: invalid topology: {exc}", file=sys.stderr)
+        return None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
         return 2
     return run_async(lambda: serve(config))
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"shardwire: invalid topology: {exc}", file=sys.stderr)
+    config = _load(args.config)
+    if config is None:
         return 2
     try:
         # Also load the TLS files, so `check` refuses what `serve` would refuse.
@@ -94,10 +99,8 @@ def cmd_route(args: argparse.Namespace) -> int:
     """Print where a statement would go and why (the planner's route and reason)."""
     from proxy.sql import Planner, explain
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"shardwire: invalid topology: {exc}", file=sys.stderr)
+    config = _load(args.config)
+    if config is None:
         return 2
     route = Planner(config).plan(args.sql, args.param or None)
     print(explain(route))

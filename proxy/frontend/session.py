@@ -182,13 +182,17 @@ class ClientSession:
             region, frames = self.framer.feed(data)
             if frames:
                 self.process(region, frames, 0)
-        except ProtocolViolation as err:
-            self.send_error(err, fatal=True)
-            self.close()
-        except Exception as exc:  # a bug: report it as one, end this session only
-            log.exception("session failed")
+        except Exception as exc:
+            self._end_with(exc)
+
+    def _end_with(self, exc: Exception) -> None:
+        """End this session (only this one) with a FATAL naming what went wrong."""
+        if isinstance(exc, ProtocolViolation):
+            self.send_error(exc, fatal=True)
+        else:  # a bug: report it as one
+            log.exception("session failed", exc_info=exc)
             self.send_error(InternalError(f"{type(exc).__name__}: {exc}"), fatal=True)
-            self.close()
+        self.close()
 
     def eof_received(self) -> bool:
         return False  # close the transport; connection_lost ends the session
@@ -287,15 +291,10 @@ class ClientSession:
         try:
             if not self.closed:
                 self.process(region, frames, index)
-            while self._backlog and not self._busy and not self.closed:
-                self._feed(self._backlog.popleft())
-        except ProtocolViolation as err:
-            self.send_error(err, fatal=True)
-            self.close()
-        except Exception as exc:  # a bug: report it as one, end this session only
-            log.exception("session failed after a checkout")
-            self.send_error(InternalError(f"{type(exc).__name__}: {exc}"), fatal=True)
-            self.close()
+        except Exception as exc:
+            self._end_with(exc)
+        while self._backlog and not self._busy and not self.closed:
+            self._feed(self._backlog.popleft())
         if not self._busy and not self.closed and not self._server_full:
             self.transport.resume_reading()
 
