@@ -1,0 +1,489 @@
+#!/usr/bin/env python3
+"""Benchmark shardwire against PgBouncer and Postgres itself with pgbench, in one run.
+
+    .venv/bin/python bench/run.py [--duration 10] [--clients 8] [--profile] [--write-results]
+
+1. starts a throwaway Postgres (proxy.localpg.LocalPostgres), creates `app`, runs
+   `pgbench -i -s 10` against it directly;
+2. starts PgBouncer (if installed) and shardwire in front of it, both in transaction
+   pooling mode with 20 server connections and trust authentication;
+3. runs `pgbench -S -c 8 -j 2 -T 10 -n` for each query mode (simple, prepared, extended)
+   and each target (direct, pgbouncer, shardwire), interleaved;
+4. prints a markdown table (TPS, mean latency, ratios, the pooler's CPU use);
+5. --profile: profiles shardwire (perf, py-spy, cProfile: one `-S -M simple` run each);
+6. --write-results: records the run as a dated section of bench/RESULTS.md.
+
+Everything it starts (Postgres, PgBouncer, shardwire, pgbench, profilers) and its temporary
+directory are removed at the end, also on errors and Ctrl-C. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from swbench import machine, pgbench, procs, profiling, report
+from swbench.pgbench import Result, Target
+from swbench.procs import REPO, BenchError, Managed, PgBouncerInfo
+
+from proxy.localpg import LocalPostgres
+
+BENCH_DIR = Path(__file__).resolve().parent
+RESULTS = BENCH_DIR / "RESULTS.md"
+TARGETS = ("direct", "pgbouncer", "shardwire")
+MODES = ("simple", "prepared", "extended")
+PROFILERS = ("perf", "py-spy", "cprofile")
+PGBOUNCER_INSTALL = "apt-get install pgbouncer  (Debian/Ubuntu; macOS: brew install pgbouncer)"
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="bench/run.py", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--duration", type=int, default=10, help="seconds per pgbench run (-T)")
+    p.add_argument("--clients", type=int, default=8, help="pgbench clients (-c)")
+    p.add_argument("--threads", type=int, default=2, help="pgbench threads (-j)")
+    p.add_argument("--scale", type=int, default=10, help="pgbench -i scale factor (-s)")
+    p.add_argument("--pool-size", type=int, default=20,
+                   help="server connections per pooler (PgBouncer default_pool_size, "
+                        "shardwire pool.size)")
+    p.add_argument("--modes", default=",".join(MODES),
+                   help="comma-separated pgbench query modes (-M)")
+    p.add_argument("--targets", default=",".join(TARGETS),
+                   help="comma-separated targets among " + ", ".join(TARGETS))
+    p.add_argument("--rounds", type=int, default=1,
+                   help="repeat the interleaved sweep; the table shows the median")
+    p.add_argument("--warmup", type=int, default=3,
+                   help="seconds of -S -M simple per target before measuring (0: none)")
+    p.add_argument("--profile", action="store_true",
+                   help="profile shardwire during an extra -S -M simple run")
+    p.add_argument("--profilers", default=",".join(PROFILERS),
+                   help="comma-separated, each its own -S -M simple run: perf (on-CPU split "
+                        "by shared object), py-spy (sampling, Python + native stacks), "
+                        "cprofile (deterministic, a second shardwire under cProfile); "
+                        "unavailable ones are skipped, and cprofile stands in for a failed "
+                        "py-spy")
+    p.add_argument("--top", type=int, default=25, help="functions listed per profile table")
+    p.add_argument("--write-results", action="store_true",
+                   help=f"write a dated section to {RESULTS.relative_to(REPO)}")
+    p.add_argument("--results-file", type=Path, default=RESULTS, help=argparse.SUPPRESS)
+    p.add_argument("--rev", default=None,
+                   help="benchmark the proxy/ of this git revision (read with git archive) "
+                        "instead of the work tree")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the temporary directory (logs, configs, profiles) for inspection")
+    args = p.parse_args(argv)
+    args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    args.profilers = [t.strip() for t in args.profilers.split(",") if t.strip()]
+    for prof in args.profilers:
+        if prof not in PROFILERS:
+            p.error(f"unknown profiler {prof!r}; choose from {', '.join(PROFILERS)}")
+    for mode in args.modes:
+        if mode not in MODES:
+            p.error(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+    for target in args.targets:
+        if target not in TARGETS:
+            p.error(f"unknown target {target!r}; choose from {', '.join(TARGETS)}")
+    if args.duration < 1 or args.clients < 1 or args.threads < 1 or args.rounds < 1:
+        p.error("--duration, --clients, --threads and --rounds must be >= 1")
+    if args.clients % args.threads:
+        p.error("--clients must be a multiple of --threads (pgbench requires it)")
+    return args
+
+
+def say(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Bench:
+    args: argparse.Namespace
+    workdir: Path
+    pg: LocalPostgres | None = None
+    pgbench_bin: Path = Path("pgbench")
+    psql_bin: Path = Path("psql")
+    bouncer: PgBouncerInfo | None = None
+    targets: list[Target] = field(default_factory=list)
+    shardwire: Managed | None = None
+    notes: dict[tuple[str, str], str] = field(default_factory=dict)
+    general_notes: list[str] = field(default_factory=list)
+    profile_md: list[str] = field(default_factory=list)
+    src: Path = Path()  # the snapshot of proxy/ every shardwire of this run imports
+    src_hash: str = ""
+
+    def snapshot(self) -> None:
+        self.src = self.workdir / "src"
+        self.src_hash = procs.snapshot_source(self.src, self.args.rev)
+        what = f"git {self.args.rev}" if self.args.rev else "the work tree"
+        say(f"shardwire code: proxy/ from {what} (sha256 {self.src_hash}) copied to {self.src}")
+
+    # ------------------------------------------------------------------ setup
+    def start_postgres(self, stack: contextlib.ExitStack) -> None:
+        pg = LocalPostgres(
+            self.workdir, "pg", auth="trust",
+            settings={
+                # All three paths share this server, so durability settings cancel out;
+                # the data set (scale 10, ~160 MB) fits in shared_buffers.
+                "fsync": "off",
+                "synchronous_commit": "off",
+                "max_connections": "200",
+                "shared_buffers": "256MB",
+                "max_prepared_transactions": "0",
+                "log_min_messages": "warning",
+            })
+        stack.callback(pg.destroy)
+        self.pg = pg
+        pgbench_bin = pg.bindir / "pgbench"
+        if not os.access(pgbench_bin, os.X_OK):
+            found = shutil.which("pgbench")
+            if found is None:
+                raise BenchError("pgbench not found (it ships with the PostgreSQL server "
+                                 "packages, e.g. `apt-get install postgresql`)")
+            pgbench_bin = Path(found)
+        self.pgbench_bin = pgbench_bin
+        self.psql_bin = pg.bindir / "psql"
+        say(f"starting Postgres ({pg.bindir}) in {pg.cluster_dir}")
+        pg.start()
+        pg.create_database("app")
+        say(f"pgbench -i -s {self.args.scale} (directly against Postgres on port {pg.port})")
+        started = time.monotonic()
+        pgbench.initialize(pgbench_bin, pg.port, self.args.scale)
+        pg.psql("VACUUM ANALYZE; CHECKPOINT;", dbname="app")
+        say(f"  initialized in {time.monotonic() - started:.0f}s")
+        self.targets.append(Target("direct", pg.port))
+
+    def start_pgbouncer(self, stack: contextlib.ExitStack) -> None:
+        assert self.pg is not None
+        info = procs.find_pgbouncer()
+        if info is None:
+            msg = f"PgBouncer is not installed; install it with: {PGBOUNCER_INSTALL}"
+            say(msg + " — continuing without it")
+            self.general_notes.append(msg + ". This run has no PgBouncer numbers.")
+            return
+        self.bouncer = info
+        if not info.supports_prepared and "prepared" in self.args.modes:
+            note = (f"PgBouncer {info.version} predates 1.21 (no `max_prepared_statements`): "
+                    "protocol-level prepared statements are not supported in transaction "
+                    "pooling, so `-M prepared` through it is expected to fail (\"prepared "
+                    "statement already exists / does not exist\"). A run that gets through "
+                    "does so by luck (every pgbench client prepares the same name for the "
+                    "same SQL, so a server that holds it serves anyone) and is no baseline: "
+                    "the ratios leave out a PgBouncer cell with any failed run")
+            self.notes[("pgbouncer", "prepared")] = f"unsupported by PgBouncer {info.version}"
+            self.general_notes.append(note + ".")
+            say(note)
+        proc, port = procs.start_pgbouncer(info, self.workdir / "pgbouncer", pg_port=self.pg.port,
+                                           pool_size=self.args.pool_size,
+                                           max_clients=200)
+        stack.callback(proc.stop)
+        say(f"PgBouncer {info.version} listening on 127.0.0.1:{port} (pid {proc.pid})")
+        self.targets.append(Target("pgbouncer", port, proc.pid))
+
+    def start_shardwire(self, stack: contextlib.ExitStack) -> None:
+        assert self.pg is not None
+        proc, port = procs.start_shardwire(self.workdir / "shardwire", src=self.src,
+                                           pg_port=self.pg.port,
+                                           pool_size=self.args.pool_size)
+        stack.callback(proc.stop)
+        self.shardwire = proc
+        say(f"shardwire listening on 127.0.0.1:{port} (pid {proc.pid})")
+        self.targets.append(Target("shardwire", port, proc.pid))
+
+    def check_target(self, target: Target) -> None:
+        """One query through the target, so a broken setup fails before measuring."""
+        out = subprocess.run(
+            [str(self.psql_bin), "-X", "-A", "-t", "-h", "127.0.0.1", "-p", str(target.port),
+             "-U", "postgres", "-d", "app", "-c", "SELECT count(*) FROM pgbench_branches"],
+            capture_output=True, text=True, env=procs.clean_env(), timeout=60, check=False)
+        if out.returncode != 0 or out.stdout.strip() != str(self.args.scale):
+            raise BenchError(f"sanity query through {target.name} (port {target.port}) failed:"
+                             f"\n{out.stdout}{out.stderr}")
+
+    # ------------------------------------------------------------------ measuring
+    def pgbench_run(self, target: Target, mode: str, duration: int) -> pgbench.Run:
+        return pgbench.Run(self.pgbench_bin, target, mode=mode, clients=self.args.clients,
+                           threads=self.args.threads, duration=duration, workdir=self.workdir)
+
+    def pgbench(self, target: Target, mode: str, duration: int) -> Result:
+        return self.pgbench_run(target, mode, duration).start().finish()
+
+    def sweep(self) -> list[report.Cell]:
+        args = self.args
+        targets = [t for t in self.targets if t.name in args.targets]
+        if args.warmup:
+            for target in targets:
+                say(f"warm-up: {target.name} -S -M simple for {args.warmup}s")
+                res = self.pgbench(target, "simple", args.warmup)
+                if not res.ok:
+                    raise BenchError(f"warm-up through {target.name} failed: {res.error}\n"
+                                     f"{res.output}")
+        cells = {(t.name, m): report.Cell(t.name, m, []) for m in args.modes for t in targets}
+        for rnd in range(args.rounds):
+            for mode in args.modes:
+                for target in targets:
+                    label = f"round {rnd + 1}/{args.rounds}: " if args.rounds > 1 else ""
+                    say(f"{label}{target.name:<9} -S -M {mode:<8} -c {args.clients} "
+                        f"-j {args.threads} -T {args.duration}")
+                    res = self.pgbench(target, mode, args.duration)
+                    cells[(target.name, mode)].runs.append(res)
+                    if res.ok:
+                        say(f"  {res.tps:,.0f} tps, {res.latency_ms} ms"
+                            + (f", pooler CPU {res.cpu_percent:.0f}%"
+                               if res.cpu_percent is not None else ""))
+                    else:
+                        say(f"  FAILED: {res.error}")
+        return list(cells.values())
+
+    # ------------------------------------------------------------------ profiling
+    def profile(self) -> None:
+        wanted = self.args.profilers
+        if "perf" in wanted:
+            self.profile_perf()
+        spy_ok = "py-spy" in wanted and self.profile_pyspy()
+        if "cprofile" in wanted or ("py-spy" in wanted and not spy_ok):
+            if "cprofile" not in wanted:
+                say("py-spy did not work; falling back to cProfile")
+            self.profile_cprofile()
+
+    def _attached(self, what: str, record: int, argv: list[str]
+                  ) -> tuple[subprocess.CompletedProcess[str], Result]:
+        """Run `argv` (a profiler attached to shardwire for `record` seconds) during a
+        `-S -M simple` pgbench run of --duration seconds; return both outcomes."""
+        target = next(t for t in self.targets if t.name == "shardwire")
+        duration = self.args.duration
+        say(f"profiling shardwire with {what} ({record}s of a {duration}s -S -M simple run)")
+        run = self.pgbench_run(target, "simple", duration).start()
+        try:
+            time.sleep(1 if duration > 2 else 0)  # let the clients connect first
+            proc = subprocess.run(argv, capture_output=True, text=True, check=False,
+                                  timeout=record + 300, env=procs.clean_env())
+        except BaseException:
+            run.kill()
+            raise
+        return proc, run.finish()
+
+    def profile_perf(self) -> None:
+        perf = shutil.which("perf")
+        if perf is None:
+            say("perf not found (Debian: apt-get install linux-perf); skipping it")
+            return
+        assert self.shardwire is not None
+        record = max(1, self.args.duration - 2)
+        data = self.workdir / "perf.data"
+        proc, res = self._attached("perf", record, [
+            perf, "record", "-e", "cpu-clock", "-F", "999", "-p", str(self.shardwire.pid),
+            "-o", str(data), "--", "sleep", str(record)])
+        if proc.returncode != 0 or not data.exists():
+            say(f"  perf failed (exit {proc.returncode}; perf_event_open may be forbidden "
+                f"here): {(proc.stderr or proc.stdout).strip()[-400:]}")
+            return
+        summary = profiling.summarize_perf(perf, data, top=self.args.top)
+        note = _tps_note(res, "perf record -e cpu-clock -F 999, on-CPU samples only")
+        md = report.perf_markdown(summary, res, top=self.args.top, tps_note=note)
+        self.profile_md.append("### Where the time goes: perf (on-CPU, by shared object)\n\n"
+                               + md)
+        print("\n" + md + "\n")
+
+    def _pyspy_bin(self) -> str | None:
+        candidate = Path(sys.executable).parent / "py-spy"
+        if os.access(candidate, os.X_OK):
+            return str(candidate)
+        found = shutil.which("py-spy")
+        if found:
+            return found
+        say("py-spy not found; trying `pip install py-spy` into this environment")
+        res = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "py-spy"],
+                             capture_output=True, text=True, check=False, timeout=600)
+        if res.returncode == 0 and os.access(candidate, os.X_OK):
+            return str(candidate)
+        say(f"  could not install py-spy: {(res.stderr or res.stdout).strip()[-300:]}")
+        return None
+
+    def profile_pyspy(self) -> bool:
+        spy_bin = self._pyspy_bin()
+        if spy_bin is None:
+            return False
+        assert self.shardwire is not None
+        record = max(1, self.args.duration - 2)
+        out = self.workdir / "pyspy.txt"
+        spy, res = self._attached("py-spy", record, [
+            spy_bin, "record", "--pid", str(self.shardwire.pid), "--duration", str(record),
+            "--rate", "200", "--native", "--idle", "--format", "raw", "--output", str(out)])
+        if spy.returncode != 0 or not out.exists():
+            say(f"  py-spy failed (exit {spy.returncode}; it needs ptrace, which some "
+                f"containers forbid): {(spy.stderr or spy.stdout).strip()[-400:]}")
+            return False
+        summary = profiling.summarize_pyspy(out, top=self.args.top)
+        note = _tps_note(res, "py-spy attached, 200 Hz, native stacks")
+        md = report.spy_markdown(summary, top=self.args.top, tps_note=note)
+        self.profile_md.append("### Where the time goes: py-spy (sampling)\n\n" + md)
+        print("\n" + md + "\n")
+        return True
+
+    def profile_cprofile(self) -> None:
+        assert self.pg is not None
+        prof_out = self.workdir / "shardwire.prof"
+        say("profiling shardwire under cProfile (a second instance, started for this)")
+        proc, port = procs.start_shardwire(self.workdir / "shardwire-cprofile", src=self.src,
+                                           pg_port=self.pg.port, pool_size=self.args.pool_size,
+                                           name="shardwire-cprofile", cprofile_out=prof_out)
+        try:
+            target = Target("shardwire (cProfile)", port, proc.pid)
+            self.check_target(target)
+            served = 0
+            if self.args.warmup:
+                served += self.pgbench(target, "simple", min(self.args.warmup, 2)).transactions
+            res = self.pgbench(target, "simple", self.args.duration)
+            served += res.transactions
+        finally:
+            status = proc.stop(timeout=30)  # SIGINT: graceful shutdown, then cProfile writes
+        if not prof_out.exists():
+            say(f"  cProfile wrote no profile (shardwire exit {status}):\n{proc.log_tail()}")
+            return
+        summary = profiling.summarize_cprofile(prof_out, self.src, top=self.args.top,
+                                               transactions=served or None)
+        note = _tps_note(res, "deterministic profiler; includes warm-up and shutdown")
+        md = report.cprofile_markdown(summary, top=self.args.top, tps_note=note)
+        self.profile_md.append("### Where the time goes: cProfile (deterministic)\n\n" + md)
+        print("\n" + md + "\n")
+
+
+def _tps_note(res: Result | None, what: str) -> str:
+    if res is None or not res.ok:
+        return f"{what}; the pgbench run under the profiler failed"
+    return (f"{what}; pgbench -S -M simple under the profiler: {res.tps:,.0f} tps, "
+            f"{res.transactions:,} transactions")
+
+
+# ---------------------------------------------------------------------- output
+
+
+def render(bench: Bench, cells: list[report.Cell], facts: dict[str, str],
+           command: str) -> str:
+    args = bench.args
+    parts = [
+        f"## {facts['date'][:10]}: pgbench -S, {args.clients} clients, {args.duration} s "
+        "per run",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Each row: `pgbench -S -n -M <mode> -c {args.clients} -j {args.threads} "
+        f"-T {args.duration}` against a scale-{args.scale} database; targets run interleaved "
+        "(direct, pgbouncer, shardwire for each mode) "
+        + (f"for {args.rounds} rounds (median shown)" if args.rounds > 1 else "once")
+        + f" after a {args.warmup} s warm-up each. Both poolers: transaction mode, "
+        f"{args.pool_size} server connections, trust auth on 127.0.0.1; Postgres with "
+        "fsync off, max_connections 200. pgbench, Postgres and the pooler share the "
+        "machine's cores.",
+        "",
+        report.results_table(cells, args.modes, bench.notes),
+    ]
+    if bench.general_notes:
+        parts += ["", *(f"- {n}" for n in bench.general_notes)]
+    parts += ["", "### Machine", "", report.machine_table(facts)]
+    for section in bench.profile_md:
+        parts += ["", section]
+    return "\n".join(parts) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    command = "python bench/run.py " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    started = time.monotonic()
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    # SIGTERM/SIGHUP behave like Ctrl-C, so the cleanup in `finally` always runs.
+    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, interrupt) for sig in handled}
+    stack = contextlib.ExitStack()
+    try:
+        workdir = Path(tempfile.mkdtemp(prefix="swbench-"))
+        os.chmod(workdir, 0o755)  # Postgres/PgBouncer run as `postgres` when we are root
+        if args.keep:
+            stack.callback(say, f"kept {workdir}")
+        else:
+            stack.callback(shutil.rmtree, workdir, ignore_errors=True)
+        bench = Bench(args, workdir)
+        run(bench, stack, command)
+    except KeyboardInterrupt:
+        say("interrupted; cleaning up")
+        return 130
+    except BenchError as exc:
+        say(f"benchmark failed: {exc}")
+        return 1
+    finally:
+        # A second Ctrl-C must not cut the cleanup short (it would leave servers running).
+        for sig in handled:
+            signal.signal(sig, signal.SIG_IGN)
+        try:
+            stack.close()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    say(f"done in {time.monotonic() - started:.0f}s")
+    return 0
+
+
+def run(bench: Bench, stack: contextlib.ExitStack, command: str) -> None:
+    args = bench.args
+    bench.snapshot()
+    bench.start_postgres(stack)
+    if "pgbouncer" in args.targets:
+        bench.start_pgbouncer(stack)
+    if "shardwire" in args.targets or args.profile:
+        bench.start_shardwire(stack)
+    for target in bench.targets:
+        bench.check_target(target)
+    assert bench.pg is not None
+    facts = machine.describe(bindir=bench.pg.bindir, pgbench=bench.pgbench_bin,
+                             pgbouncer=bench.bouncer, src=bench.src, src_hash=bench.src_hash,
+                             rev=args.rev)
+    busy = machine.load_1min()
+    if busy > 0.5 * (os.cpu_count() or 1):
+        say(f"warning: the machine is busy (load average {busy:.1f} on {os.cpu_count()} CPUs): "
+            "expect noisy TPS; the pooler CPU µs/txn column is the steadier one")
+    cells = bench.sweep()
+    print()
+    print(report.results_table(cells, args.modes, bench.notes))
+    for note in bench.general_notes:
+        print(f"- {note}")
+    print()
+    print(report.machine_table(facts))
+    print()
+    if args.profile:
+        bench.profile()
+    if args.write_results:
+        text = render(bench, cells, facts, command)
+        report.write_section(args.results_file, facts["date"][:10], text)
+        say(f"wrote the {facts['date'][:10]} section of {args.results_file}")
+    _summary(cells)
+
+
+def _summary(cells: list[report.Cell]) -> None:
+    by = {(c.target, c.mode): c.tps for c in cells}
+    sw, pgb = by.get(("shardwire", "simple")), by.get(("pgbouncer", "simple"))
+    if sw and pgb:
+        verdict = "meets" if sw >= 0.8 * pgb else "misses"
+        say(f"shardwire -S simple: {sw / pgb:.2f}x PgBouncer ({verdict} the 0.8x target)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
