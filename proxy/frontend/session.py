@@ -65,6 +65,7 @@ _MAY_TRACK = re.compile(
     r"(?:set|reset|discard|savepoint|release|rollback|deallocate)\b",
     re.IGNORECASE | re.DOTALL)
 _ASYNC = frozenset({m.NOTICE_RESPONSE, m.NOTIFICATION_RESPONSE, m.PARAMETER_STATUS})
+_PLAIN = frozenset({m.ROW_DESCRIPTION, m.DATA_ROW, m.COMMAND_COMPLETE, m.EMPTY_QUERY})
 _EXECUTE_END = frozenset({m.COMMAND_COMPLETE, m.EMPTY_QUERY, m.PORTAL_SUSPENDED})
 _DESCRIBE_END = frozenset({m.ROW_DESCRIPTION, m.NO_DATA})
 _COPY_MESSAGES = frozenset({m.COPY_DATA, m.COPY_DONE, m.COPY_FAIL})
@@ -634,6 +635,16 @@ class ClientSession:
     def on_server_data(self, server: ServerConnection, region: bytes,
                        frames: list[Frame]) -> None:
         queue = self.queue
+        if (len(queue) == 1 and frames[-1][0] == m.READY_FOR_QUERY and queue[0].kind == K_QUERY
+                and queue[0].data is None and not self.pending and not self.savepoints
+                and not self.failed and self._plain_answer(region, frames)):
+            # Fast path: the whole answer to one plain simple query, nothing to track.
+            queue.clear()
+            status = server.status = region[frames[-1][1]:frames[-1][1] + 1]
+            self.write(region)
+            if status == b"I" and self.transaction_mode and self.server is server:
+                self.release_server()
+            return
         out: list[bytes] = []
         flushed = 0  # region[flushed:] not yet copied to `out`
         release = False
@@ -778,11 +789,24 @@ class ClientSession:
         if release and self.server is server:
             self.release_server()
 
+    @staticmethod
+    def _plain_answer(region: bytes, frames: list[Frame]) -> bool:
+        """Only rows and tags before the final ReadyForQuery, none that changes server state
+        (DISCARD ALL / DEALLOCATE ALL), no errors, notices or parameter reports."""
+        for index in range(len(frames) - 1):
+            mtype, start, _ = frames[index]
+            if mtype not in _PLAIN:
+                return False
+            if mtype == m.COMMAND_COMPLETE and region[start] == 68 and not region.startswith(
+                    b"DELETE", start):  # 68 is "D"
+                return False
+        return True
+
     def _idle_after(self, queue: deque[Entry]) -> bool:
         """At a ReadyForQuery 'I' in transaction mode: can the server go back to its pool?
         Yes when nothing more is expected from it: the queue is empty, or holds only
         answers the proxy gives itself (they go out right after this ReadyForQuery)."""
-        return self.transaction_mode and all(e.kind == K_SYNTH for e in queue)
+        return self.transaction_mode and (not queue or all(e.kind == K_SYNTH for e in queue))
 
     def _on_command_complete(self, tag: bytes,
                              changes: deque[SettingChange | Savepoint] | None) -> None:
