@@ -25,10 +25,14 @@ APP_PASSWORD = "secret"
 
 def base_topology(shards: list[LocalPostgres], **overrides: Any) -> dict[str, Any]:
     """A topology for the given clusters; `overrides` replace top-level keys."""
+    listen_port = free_port()
+    metrics_port = free_port()
+    while metrics_port == listen_port:  # two probes can return the same free port
+        metrics_port = free_port()
     topo: dict[str, Any] = {
-        "listen": {"host": "127.0.0.1", "port": free_port()},
+        "listen": {"host": "127.0.0.1", "port": listen_port},
         "database": "app",
-        "metrics": {"host": "127.0.0.1", "port": free_port()},
+        "metrics": {"host": "127.0.0.1", "port": metrics_port},
         "auth": {"method": "scram-sha-256",
                  "users": [{"name": APP_USER, "password": APP_PASSWORD},
                            {"name": "other", "password": "otherpw"}]},
@@ -111,6 +115,15 @@ def start_proxy(workdir: Path, topology: dict[str, Any], name: str = "proxy") ->
 
 
 ProxyFactory = Callable[..., RunningProxy]
+
+
+def assert_same_output(got: list[tuple[str, Any]], want: list[tuple[str, Any]]) -> None:
+    """A client workload's output through the proxy equals its output direct, line by line;
+    on failure the first differing line is shown before the whole lists."""
+    assert got[-1] == ("done", "ok")
+    for (gk, gv), (wk, wv) in zip(got, want, strict=False):
+        assert (gk, gv) == (wk, wv), f"first difference at {wk!r}:\nproxy:  {gv}\ndirect: {wv}"
+    assert got == want
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ import psycopg
 import pytest
 import yaml
 
-from proxy.localpg import LocalPostgres, free_port
+from proxy.localpg import LocalPostgres
 from proxy.wire import messages as m
 from tests.integration.conftest import ROOT, base_topology, start_proxy
 from tests.integration.test_faults_helpers import (
@@ -171,10 +171,12 @@ def test_shutdown_with_a_client_that_never_started_up(shard: LocalPostgres,
 
 
 def valid_topology() -> dict[str, Any]:
+    # Never served (every test breaks it first): fixed ports that differ from each other,
+    # so only the key under test can be what makes it invalid.
     return {
-        "listen": {"host": "127.0.0.1", "port": free_port()},
+        "listen": {"host": "127.0.0.1", "port": 16432},
         "database": "app",
-        "metrics": {"host": "127.0.0.1", "port": free_port()},
+        "metrics": {"host": "127.0.0.1", "port": 19930},
         "auth": {"method": "scram-sha-256", "users": [{"name": "app", "password": "pw"}]},
         "shards": [{"name": "s0", "primary": "postgresql://u:p@127.0.0.1:5432/app"}],
     }
