@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,25 @@ def start_proxy(workdir: Path, topology: dict[str, Any], name: str = "proxy") ->
 
 
 ProxyFactory = Callable[..., RunningProxy]
+
+
+def assert_clean_log(running: RunningProxy, since: int = 0) -> None:
+    """Nothing the clients did may have made the proxy log a traceback, a [BUG] or a
+    failed session sync (in the log from offset `since`)."""
+    log = running.log()[since:]
+    for marker in ("Traceback", "[BUG]", "session sync failed", "unexpected error"):
+        assert marker not in log, f"{marker!r} in the proxy log:\n{log[-3000:]}"
+
+
+@contextmanager
+def pooled_proxy(factory: ProxyFactory, *, mode: str = "transaction", size: int = 2,
+                 checkout_timeout: float = 10) -> Iterator[RunningProxy]:
+    """A proxy with a small pool (so clients share server connections); its log must stay
+    clean while it is used."""
+    running = factory(pool={"mode": mode, "size": size, "connect_timeout": 3,
+                            "checkout_timeout": checkout_timeout, "shutdown_timeout": 5})
+    yield running
+    assert_clean_log(running)
 
 
 def assert_same_output(got: list[tuple[str, Any]], want: list[tuple[str, Any]]) -> None:

@@ -18,8 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import ProxyFactory, RunningProxy, assert_same_output
-from tests.integration.test_client_psql import assert_clean_log
+from tests.integration.conftest import (
+    ProxyFactory,
+    RunningProxy,
+    assert_clean_log,
+    assert_same_output,
+)
 
 SOURCE = Path(__file__).resolve().parents[1] / "clients" / "jdbc" / "Workload.java"
 GET_JAR = ("pgjdbc (org.postgresql:postgresql 42.x) is needed in the local Maven repository: "

@@ -23,8 +23,12 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import ProxyFactory, RunningProxy, assert_same_output
-from tests.integration.test_client_psql import assert_clean_log
+from tests.integration.conftest import (
+    ProxyFactory,
+    RunningProxy,
+    assert_clean_log,
+    assert_same_output,
+)
 
 NODE_DIR = Path(__file__).resolve().parents[1] / "clients" / "node"
 HOW = ("node-postgres is installed from the npm registry: node 18+ and npm are needed "

@@ -18,8 +18,7 @@ import psycopg
 import pytest
 
 from proxy.localpg import LocalPostgres
-from tests.integration.conftest import ProxyFactory, RunningProxy
-from tests.integration.test_client_psql import assert_clean_log
+from tests.integration.conftest import ProxyFactory, RunningProxy, pooled_proxy
 
 SCHEMA = "client_pgbench"
 PGBENCH = shutil.which("pgbench") or "pgbench"
@@ -36,10 +35,8 @@ def run_pgbench(proxy: RunningProxy, *args: str) -> subprocess.CompletedProcess[
 
 @pytest.fixture(scope="module")
 def bench_proxy(proxy_factory: ProxyFactory) -> Iterator[RunningProxy]:
-    running = proxy_factory(pool={"mode": "transaction", "size": 3, "connect_timeout": 3,
-                                  "checkout_timeout": 10, "shutdown_timeout": 5})
-    yield running
-    assert_clean_log(running)
+    with pooled_proxy(proxy_factory, size=3) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

@@ -17,18 +17,10 @@ from pathlib import Path
 import pytest
 
 from proxy.localpg import LocalPostgres
-from tests.integration.conftest import RunningProxy
+from tests.integration.conftest import RunningProxy, assert_clean_log
 
 T = "client_psql_t"  # this file's tables (all test files share the shard's `app` database)
 PSQL = shutil.which("psql") or "psql"
-
-
-def assert_clean_log(running: RunningProxy, since: int = 0) -> None:
-    """Nothing the clients did may have made the proxy log a traceback, a [BUG] or a
-    failed session sync (in the log from offset `since`)."""
-    log = running.log()[since:]
-    for marker in ("Traceback", "[BUG]", "session sync failed", "unexpected error"):
-        assert marker not in log, f"{marker!r} in the proxy log:\n{log[-3000:]}"
 
 
 def _env(extra: dict[str, str] | None = None) -> dict[str, str]:

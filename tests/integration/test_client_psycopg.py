@@ -19,8 +19,7 @@ import pytest
 from psycopg import errors, sql
 from psycopg.types.json import Jsonb
 
-from tests.integration.conftest import ProxyFactory, RunningProxy
-from tests.integration.test_client_psql import assert_clean_log
+from tests.integration.conftest import ProxyFactory, RunningProxy, pooled_proxy
 
 T = "client_psycopg"  # table-name prefix for this file
 
@@ -34,10 +33,8 @@ class Note(NamedTuple):
 
 @pytest.fixture(scope="module")
 def small(proxy_factory: ProxyFactory) -> Iterator[RunningProxy]:
-    running = proxy_factory(pool={"mode": "transaction", "size": 2, "connect_timeout": 3,
-                                  "checkout_timeout": 10, "shutdown_timeout": 5})
-    yield running
-    assert_clean_log(running)
+    with pooled_proxy(proxy_factory) as running:
+        yield running
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -14,18 +14,15 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from tests.integration.conftest import ProxyFactory, RunningProxy
-from tests.integration.test_client_psql import assert_clean_log
+from tests.integration.conftest import ProxyFactory, RunningProxy, pooled_proxy
 
 T = "client_session_t"
 
 
 @pytest.fixture(scope="module")
 def session_proxy(proxy_factory: ProxyFactory) -> Iterator[RunningProxy]:
-    running = proxy_factory(pool={"mode": "session", "size": 2, "connect_timeout": 3,
-                                  "checkout_timeout": 10, "shutdown_timeout": 5})
-    yield running
-    assert_clean_log(running)
+    with pooled_proxy(proxy_factory, mode="session") as running:
+        yield running
 
 
 @pytest.fixture(scope="module", autouse=True)

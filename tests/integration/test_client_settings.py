@@ -19,8 +19,7 @@ import psycopg
 import pytest
 
 from proxy.frontend.settings import startup_value_sql
-from tests.integration.conftest import ProxyFactory, RunningProxy
-from tests.integration.test_client_psql import assert_clean_log
+from tests.integration.conftest import ProxyFactory, RunningProxy, pooled_proxy
 
 T = "client_settings_t"
 SA, SB, SN = "client_settings_a", "client_settings_b", "client_settings_noise"
@@ -36,10 +35,8 @@ REPORTED = ("TimeZone", "application_name", "DateStyle", "IntervalStyle", "clien
 
 @pytest.fixture(scope="module")
 def small(proxy_factory: ProxyFactory) -> Iterator[RunningProxy]:
-    running = proxy_factory(pool={"mode": "transaction", "size": 2, "connect_timeout": 3,
-                                  "checkout_timeout": 5, "shutdown_timeout": 5})
-    yield running
-    assert_clean_log(running)
+    with pooled_proxy(proxy_factory, checkout_timeout=5) as running:
+        yield running
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -38,18 +38,15 @@ from sqlalchemy.orm import (
     sessionmaker,
 )
 
-from tests.integration.conftest import ProxyFactory, RunningProxy
-from tests.integration.test_client_psql import assert_clean_log
+from tests.integration.conftest import ProxyFactory, RunningProxy, pooled_proxy
 
 PREFIX = "client_sa"
 
 
 @pytest.fixture(scope="module")
 def small(proxy_factory: ProxyFactory) -> Iterator[RunningProxy]:
-    running = proxy_factory(pool={"mode": "transaction", "size": 2, "connect_timeout": 3,
-                                  "checkout_timeout": 10, "shutdown_timeout": 5})
-    yield running
-    assert_clean_log(running)
+    with pooled_proxy(proxy_factory) as running:
+        yield running
 
 
 def make_models(tag: str) -> tuple[type[Any], type[Any], type[Any], MetaData]:
