@@ -25,6 +25,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("shardwire.backend")
 
 
+_AUTH_HINT = ("configure the shard's pg_hba.conf to use scram-sha-256, md5, password or "
+              "trust for the user shardwire connects as")
+_AUTH_NAMES = {2: "Kerberos V5", 6: "SCM credential", 7: "GSSAPI", 9: "SSPI"}
+
+
 class Sink(Protocol):
     """What a server connection hands its traffic to while a session holds it."""
 
@@ -196,7 +201,10 @@ class ServerConnection(asyncio.Protocol):
                 elif code == m.AUTH_SASL:
                     mechanisms = body[4:].split(b"\x00")
                     if b"SCRAM-SHA-256" not in mechanisms:
-                        raise self._refused(f"unsupported SASL mechanisms {mechanisms!r}")
+                        names = ", ".join(x.decode(errors="replace") for x in mechanisms if x)
+                        raise self._refused(
+                            f"the server offers only SASL mechanisms shardwire lacks ({names})",
+                            hint=_AUTH_HINT)
                     scram = ScramClient(password)
                     self.send(m.sasl_initial_response("SCRAM-SHA-256", scram.client_first()))
                 elif code == m.AUTH_SASL_CONTINUE and scram is not None:
@@ -204,7 +212,9 @@ class ServerConnection(asyncio.Protocol):
                 elif code == m.AUTH_SASL_FINAL and scram is not None:
                     scram.verify_server_final(body[4:])
                 else:
-                    raise self._refused(f"unsupported authentication request {code}")
+                    method = _AUTH_NAMES.get(code, f"request code {code}")
+                    raise self._refused(f"the server asks for {method} authentication, which "
+                                        "shardwire does not support", hint=_AUTH_HINT)
             elif mtype == m.PARAMETER_STATUS:
                 name, value = m.decode_parameter_status(body)
                 self.params[name] = value

@@ -83,7 +83,10 @@ class Pool:
             raise CheckoutTimeout(
                 f'no server connection to shard "{self.target.shard}" became free within '
                 f"{self.checkout_timeout:g}s (pool size {self.size})",
-                hint="raise pool.size or pool.checkout_timeout, or shorten transactions") from None
+                detail=f"{self.active} connections in use by clients in a statement or "
+                       f"transaction, {len(self.waiters)} other clients waiting",
+                hint="raise pool.size or pool.checkout_timeout, or shorten transactions "
+                     "(a client idle inside a transaction holds its connection)") from None
         except asyncio.CancelledError:
             self._reclaim(fut)
             raise

@@ -122,6 +122,9 @@ def test_checkout_timeout(proxy: RunningProxy, shard: LocalPostgres) -> None:
             f"(pool size {POOL_SIZE})")
         hint = err.diag.message_hint or ""
         assert "pool.size" in hint and "pool.checkout_timeout" in hint, hint
+        # the detail says why: both connections are held by the clients in transactions
+        assert err.diag.message_detail is not None
+        assert err.diag.message_detail.startswith(f"{POOL_SIZE} connections in use")
         assert err.diag.severity == "ERROR"  # the client's session survives
         assert not waiting.closed
 
