@@ -21,6 +21,7 @@ import difflib
 import itertools
 import math
 import re
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -32,6 +33,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 import yaml
 
 from proxy.errors import ConfigError
+from proxy.topology.hashing import normalize_type_name
 
 __all__ = [
     "Admin",
@@ -39,6 +41,7 @@ __all__ = [
     "AuthMethod",
     "Config",
     "Dsn",
+    "KeyType",
     "Listen",
     "Metrics",
     "PoolConfig",
@@ -66,11 +69,18 @@ PoolMode = Literal["transaction", "session"]
 Strategy = Literal["hash", "list", "range", "reference"]
 Unparsed = Literal["default", "error"]
 RangeKind = Literal["integer", "numeric", "timestamp", "text"]
+KeyType = Literal["smallint", "integer", "bigint", "text", "uuid"]
 
 AUTH_METHODS: Final = ("scram-sha-256", "md5", "trust")
 POOL_MODES: Final = ("transaction", "session")
 STRATEGIES: Final = ("hash", "list", "range", "reference")
 UNPARSED_MODES: Final = ("default", "error")
+KEY_TYPES: Final = ("smallint", "integer", "bigint", "text", "uuid")
+INTEGER_KEY_TYPES: Final = ("smallint", "integer", "bigint")
+# proxy.topology.hashing's canonical names -> the names a Table carries
+_KEY_TYPE_OF: Final = {"int2": "smallint", "int4": "integer", "int8": "bigint",
+                       "text": "text", "uuid": "uuid"}
+_INT_LIMITS: Final = {"smallint": 1 << 15, "integer": 1 << 31, "bigint": 1 << 63}
 MAX_BUCKETS: Final = 65536
 SCRAM_PREFIX: Final = "SCRAM-SHA-256$"
 
@@ -234,7 +244,14 @@ class RangeSpec:
 
 @dataclass(frozen=True, slots=True)
 class Table:
-    """How one table is distributed. ``name`` is always ``schema.table``."""
+    """How one table is distributed. ``name`` is always ``schema.table``.
+
+    ``key_type`` is the SQL type of the shard key when the topology declares it
+    (``smallint``, ``integer``, ``bigint``, ``text`` or ``uuid``; aliases such as ``int8``
+    or ``varchar`` are normalised): key values are converted to it before routing, as
+    Postgres converts an untyped literal to the column's type. ``None`` means "infer from
+    each value" (see :mod:`proxy.topology.router`).
+    """
 
     name: str
     strategy: Strategy
@@ -243,6 +260,7 @@ class Table:
     default: str | None = None
     ranges: tuple[RangeSpec, ...] = ()
     range_kind: RangeKind | None = None
+    key_type: KeyType | None = None
 
     @property
     def is_reference(self) -> bool:
@@ -968,7 +986,7 @@ class _Parser:
         return tables
 
     def table(self, name: str, spec: object, path: str, shard_names: Sequence[str]) -> Table:
-        keys = ("shard_key", "strategy", "reference", "values", "default", "ranges")
+        keys = ("shard_key", "key_type", "strategy", "reference", "values", "default", "ranges")
         if spec is None:
             self.fail(
                 path, "expected either shard_key (a sharded table) or reference: true, got null"
@@ -986,11 +1004,12 @@ class _Parser:
                 )
             strategy = "reference"
         if strategy == "reference":
-            for k in ("shard_key", "values", "default", "ranges"):
+            for k in ("shard_key", "key_type", "values", "default", "ranges"):
                 if k in m:
+                    why = "it has no shard key: " if k == "key_type" else ""
                     self.fail(
                         _key(path, k),
-                        "not allowed on a reference table (it is copied to every shard)",
+                        f"not allowed on a reference table ({why}it is copied to every shard)",
                     )
             return Table(name=name, strategy="reference")
         if "shard_key" not in m:
@@ -1006,6 +1025,9 @@ class _Parser:
         except ValueError:
             self.fail(_key(path, "shard_key"), f"expected a column name, got {raw_key!r}")
         strategy = strategy or "hash"
+        key_type = None
+        if m.get("key_type") is not None:
+            key_type = self.key_type(m["key_type"], _key(path, "key_type"), strategy)
         allowed = {"hash": (), "list": ("values", "default"), "range": ("ranges", "default")}
         for k in ("values", "default", "ranges"):
             if k in m and k not in allowed[strategy]:
@@ -1018,17 +1040,20 @@ class _Parser:
         if m.get("default") is not None:
             default = self.shard_ref(m["default"], _key(path, "default"), shard_names)
         if strategy == "hash":
-            return Table(name=name, strategy="hash", shard_key=shard_key)
+            return Table(name=name, strategy="hash", shard_key=shard_key, key_type=key_type)
         if strategy == "list":
-            values = self.list_values(m.get("values"), _key(path, "values"), shard_names)
+            values = self.list_values(
+                m.get("values"), _key(path, "values"), shard_names, key_type
+            )
             return Table(
                 name=name,
                 strategy="list",
                 shard_key=shard_key,
                 values=MappingProxyType(values),
                 default=default,
+                key_type=key_type,
             )
-        ranges, kind = self.ranges(m.get("ranges"), _key(path, "ranges"), shard_names)
+        ranges, kind = self.ranges(m.get("ranges"), _key(path, "ranges"), shard_names, key_type)
         return Table(
             name=name,
             strategy="range",
@@ -1036,15 +1061,53 @@ class _Parser:
             default=default,
             ranges=ranges,
             range_kind=kind,
+            key_type=key_type,
         )
 
-    def list_values(self, raw: object, path: str, shard_names: Sequence[str]) -> dict[str, str]:
+    def key_type(self, value: object, path: str, strategy: str) -> KeyType:
+        """A shard key's SQL type, aliases normalised (``int8`` -> ``bigint``)."""
+        expected = (
+            f"expected one of {_one_of(KEY_TYPES)} (or an alias such as int, int4, int8, "
+            "varchar)"
+        )
+        if not isinstance(value, str) or not value.strip():
+            self.fail(path, f"{expected}, got {_describe(value)}")
+        try:
+            key_type = cast(KeyType, _KEY_TYPE_OF[normalize_type_name(value)])
+        except ValueError:
+            self.fail(path, f"{expected}, got {value!r}")
+        if key_type == "uuid" and strategy == "range":
+            self.fail(
+                path,
+                "uuid is not supported for strategy range; expected one of "
+                f"{_one_of(k for k in KEY_TYPES if k != 'uuid')}",
+            )
+        return key_type
+
+    def typed_value(self, text: str, path: str, key_type: KeyType | None, what: str) -> str:
+        """A list value or range bound converted to the key's type (canonical text)."""
+        if key_type in INTEGER_KEY_TYPES:
+            limit = _INT_LIMITS[key_type]
+            if not _INT_RE.fullmatch(text.strip()) or not -limit <= int(text) < limit:
+                self.fail(path, f"expected {what} that fits key_type {key_type}, got {text!r}")
+            return str(int(text))
+        if key_type == "uuid":
+            try:
+                return str(uuid.UUID(text.strip()))
+            except ValueError:
+                self.fail(path, f"expected {what} that fits key_type uuid, got {text!r}")
+        return text
+
+    def list_values(
+        self, raw: object, path: str, shard_names: Sequence[str], key_type: KeyType | None = None
+    ) -> dict[str, str]:
         if not isinstance(raw, dict) or not raw:
             self.fail(
                 path,
                 f"expected a non-empty mapping of value to shard name, got {_describe(raw)}",
             )
         values: dict[str, str] = {}
+        spelled: dict[str, str] = {}
         for key, shard in raw.items():
             text = _scalar_text(key)
             if text is None:
@@ -1054,13 +1117,19 @@ class _Parser:
                     "(quote it in YAML)",
                 )
             vpath = _key(path, text)
-            if text in values:
-                self.fail(vpath, f"duplicate value {text!r}")
+            what = "an integer" if key_type in INTEGER_KEY_TYPES else "a uuid"
+            typed = self.typed_value(text, vpath, key_type, what)
+            if typed in values:
+                first = spelled[typed]
+                also = "" if first == text else f" (same {key_type} value as {first!r})"
+                self.fail(vpath, f"duplicate value {text!r}{also}")
+            spelled[typed] = text
+            text = typed
             values[text] = self.shard_ref(shard, vpath, shard_names)
         return values
 
     def ranges(
-        self, raw: object, path: str, shard_names: Sequence[str]
+        self, raw: object, path: str, shard_names: Sequence[str], key_type: KeyType | None = None
     ) -> tuple[tuple[RangeSpec, ...], RangeKind]:
         if not isinstance(raw, list) or not raw:
             self.fail(
@@ -1082,6 +1151,8 @@ class _Parser:
                         _key(ipath, k),
                         f"expected a string, number or date bound, got {_describe(m[k])}",
                     )
+                if key_type in INTEGER_KEY_TYPES:
+                    text = self.typed_value(text, _key(ipath, k), key_type, "an integer bound")
                 bounds.append(text)
             if "shard" not in m:
                 self.fail(_key(ipath, "shard"), "required; expected a shard name, got none")
@@ -1089,7 +1160,8 @@ class _Parser:
             specs.append(RangeSpec(lo=bounds[0], hi=bounds[1], shard=shard))
 
         all_bounds = [b for s in specs for b in (s.lo, s.hi) if b is not None]
-        kind = _range_kind(all_bounds)
+        # a text key compares as text whatever its bounds look like
+        kind: RangeKind = "text" if key_type == "text" else _range_kind(all_bounds)
         if kind == "timestamp":
             aware = {range_bound_key(kind, b).tzinfo is not None for b in all_bounds}
             if len(aware) > 1:
@@ -1277,4 +1349,6 @@ def _table_text(t: Table) -> str:
         )
     if t.default is not None:
         text += f", default {t.default}"
+    if t.key_type is not None:
+        text += f", key_type {t.key_type}"
     return text

@@ -21,10 +21,10 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from proxy.config import Config
+from proxy.config import Config, qualify_table_name
 from proxy.errors import InternalError, ShardwireError
 from proxy.sql.compile import Compiler, StaticTemplate, UnparsedTemplate, bind_literals
 from proxy.sql.lexer import DML_HEADS, Hint, normalize, scan
@@ -194,15 +194,20 @@ def _hint_route(base: Route, kind: str, shards: Sequence[str], reason: str, sour
 class Planner:
     """Routes statements for one topology snapshot (build a new Planner on reload).
 
-    ``key_types`` optionally declares the SQL type of tables' shard keys
-    (``{"users": "bigint", "codes": "text"}``); see :mod:`proxy.topology.router` for how
-    values are typed otherwise.
+    The SQL types of the tables' shard keys are the topology's ``key_type`` settings,
+    overridden per table by ``key_types`` (``{"users": "bigint", "codes": "text"}``, names
+    as in the topology); ``self.key_types`` is the result, by qualified table name. See
+    :mod:`proxy.topology.router` for how values are typed when a table has no key type.
     """
 
-    def __init__(self, config: Config, *, key_types: dict[str, str] | None = None,
+    def __init__(self, config: Config, *, key_types: Mapping[str, str] | None = None,
                  capacity: int = 4096, template_capacity: int = 4096) -> None:
         self.config = config
-        self.router = Router(config, key_types)
+        merged = {name: t.key_type for name, t in config.tables.items() if t.key_type}
+        for name, type_name in (key_types or {}).items():
+            merged[qualify_table_name(name)] = type_name
+        self.key_types: dict[str, str] = merged
+        self.router = Router(config, merged)
         self.compiler = Compiler(self.router, config.unparsed, template_capacity)
         self.capacity = capacity
         self._plans: OrderedDict[str, PreparedPlan] = OrderedDict()

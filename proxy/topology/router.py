@@ -18,9 +18,9 @@ The type a value hashes as
 --------------------------
 SQL literals carry no column type, so the rule is (first match wins):
 
-1. the table's ``key_type`` (``Table.key_type`` when the config has it, or the
-   ``key_types`` given to :class:`Router`): values are converted to that type, as
-   Postgres converts an untyped literal to the column's type;
+1. the table's ``key_type`` (the ``key_types`` given to :class:`Router`, else the
+   topology's ``Table.key_type``): values are converted to that type, as Postgres
+   converts an untyped literal to the column's type;
 2. an explicit cast in the SQL (``'42'::bigint``, ``CAST($1 AS text)``, ``'…'::uuid``);
 3. a parameter's type OID (from Parse, or from the server's ParameterDescription):
    int2/int4/int8 hash as integers, text/varchar as text, uuid as uuid;
@@ -337,6 +337,9 @@ class Dist:
         if self._key_type in ("int2", "int4", "int8"):
             n = _to_int(kv)
             return None if n is None else str(n)
+        if self._key_type == "uuid":  # the config lists uuids in canonical form
+            u = _to_uuid(kv)
+            return None if u is None else str(u)
         text = _text_of(kv)
         if text is None:
             return None
@@ -436,7 +439,7 @@ class Router:
         for name, table in config.tables.items():
             if table.is_reference:
                 continue
-            key_type = overrides.get(name) or getattr(table, "key_type", None)
+            key_type = overrides.get(name) or table.key_type
             self.dists[name] = Dist(table, config, key_type)
         self.schemas = frozenset(name.split(".", 1)[0] for name in config.tables)
         # bare table names (last part), for the cheap "does this text name a table" check

@@ -926,6 +926,149 @@ def test_range_with_gap_and_default() -> None:
     assert parse(data).tables["public.logs"].default == "s0"
 
 
+# --------------------------------------------------------------------------- key_type
+
+
+def test_key_type_defaults_to_none() -> None:
+    assert parse(table({"shard_key": "id"})).tables["public.t"].key_type is None
+
+
+@pytest.mark.parametrize(
+    ("spelled", "key_type"),
+    [
+        ("bigint", "bigint"),
+        ("int8", "bigint"),
+        ("BIGINT", "bigint"),
+        ("bigserial", "bigint"),
+        ("integer", "integer"),
+        ("int", "integer"),
+        ("int4", "integer"),
+        ("smallint", "smallint"),
+        ("int2", "smallint"),
+        ("text", "text"),
+        ("varchar", "text"),
+        ("varchar(20)", "text"),
+        ("character varying", "text"),
+        ("pg_catalog.text", "text"),
+        ("uuid", "uuid"),
+        (" UUID ", "uuid"),
+    ],
+)
+def test_key_type_aliases_are_normalised(spelled: str, key_type: str) -> None:
+    t = parse(table({"shard_key": "id", "key_type": spelled})).tables["public.t"]
+    assert t.key_type == key_type
+    assert t.strategy == "hash"
+
+
+def test_key_type_null_means_none() -> None:
+    assert parse(table({"shard_key": "id", "key_type": None})).tables["public.t"].key_type is None
+
+
+@pytest.mark.parametrize("bad", ["float8", "numeric", "char(3)", "bpchar", "jsonb", "big int"])
+def test_key_type_unsupported(bad: str) -> None:
+    assert_err(
+        table({"shard_key": "id", "key_type": bad}, "users"),
+        "tables.users.key_type",
+        "smallint, integer, bigint, text, uuid",
+        repr(bad),
+    )
+
+
+@pytest.mark.parametrize("bad", [8, "", True, ["bigint"]])
+def test_key_type_not_a_string(bad: Any) -> None:
+    assert_err(table({"shard_key": "id", "key_type": bad}), "tables.t.key_type", "expected one of")
+
+
+def test_key_type_path_of_schema_qualified_table() -> None:
+    data = with_(tables={"billing.invoices": {"shard_key": "id", "key_type": "money"}})
+    assert_err(data, "tables['billing.invoices'].key_type", "'money'")
+
+
+def test_key_type_on_reference_table_rejected() -> None:
+    assert_err(
+        table({"reference": True, "key_type": "bigint"}, "countries"),
+        "tables.countries.key_type",
+        "not allowed on a reference table",
+        "no shard key",
+    )
+    assert_err(
+        table({"strategy": "reference", "key_type": "text"}),
+        "tables.t.key_type",
+        "reference table",
+    )
+
+
+def test_key_type_without_shard_key() -> None:
+    assert_err(table({"key_type": "bigint"}), "tables.t", "neither")
+
+
+def test_key_type_list_integer_values_are_normalised() -> None:
+    spec = {"shard_key": "store", "strategy": "list", "key_type": "integer",
+            "values": {1: "s0", "02": "s1", " -3 ": "s0"}}
+    t = parse(table(spec)).tables["public.t"]
+    assert t.key_type == "integer"
+    assert dict(t.values) == {"1": "s0", "2": "s1", "-3": "s0"}
+
+
+def test_key_type_list_value_not_of_the_type() -> None:
+    spec = {"shard_key": "r", "strategy": "list", "key_type": "bigint",
+            "values": {1: "s0", "eu": "s1"}}
+    assert_err(table(spec), "tables.t.values.eu", "an integer", "key_type bigint", "'eu'")
+    spec["values"] = {1.5: "s0"}
+    assert_err(table(spec), "tables.t.values['1.5']", "an integer")
+    spec["key_type"] = "smallint"
+    spec["values"] = {40000: "s0"}
+    assert_err(table(spec), "tables.t.values['40000']", "fits key_type smallint")
+
+
+def test_key_type_list_duplicate_after_conversion() -> None:
+    spec = {"shard_key": "r", "strategy": "list", "key_type": "int",
+            "values": {"007": "s0", 7: "s1"}}
+    assert_err(table(spec), "tables.t.values['7']", "duplicate value '7'", "'007'")
+
+
+def test_key_type_list_uuid_values() -> None:
+    u = "A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11"
+    spec = {"shard_key": "d", "strategy": "list", "key_type": "uuid", "values": {u: "s1"}}
+    assert dict(parse(table(spec)).tables["public.t"].values) == {u.lower(): "s1"}
+    spec["values"] = {u: "s1", "nope": "s0"}
+    assert_err(table(spec), "tables.t.values.nope", "a uuid", "'nope'")
+
+
+def test_key_type_list_text_keeps_values() -> None:
+    spec = {"shard_key": "r", "strategy": "list", "key_type": "text",
+            "values": {"007": "s0", 7: "s1"}}
+    assert dict(parse(table(spec)).tables["public.t"].values) == {"007": "s0", "7": "s1"}
+
+
+def test_key_type_range_integer_needs_integer_bounds() -> None:
+    data = _range_table({"to": 100, "shard": "s0"}, {"from": "100", "shard": "s1"})
+    data["tables"]["logs"]["key_type"] = "bigint"
+    t = parse(data).tables["public.logs"]
+    assert (t.key_type, t.range_kind) == ("bigint", "integer")
+    data = _range_table({"to": "2025-01-01", "shard": "s0"}, {"from": "2025-01-01", "shard": "s1"})
+    data["tables"]["logs"]["key_type"] = "bigint"
+    assert_err(data, "tables.logs.ranges[0].to", "an integer bound", "key_type bigint")
+
+
+def test_key_type_range_text_compares_as_text() -> None:
+    data = _range_table({"to": 5, "shard": "s0"}, {"from": 5, "shard": "s1"})
+    assert parse(data).tables["public.logs"].range_kind == "integer"
+    data["tables"]["logs"]["key_type"] = "varchar"
+    t = parse(data).tables["public.logs"]
+    assert (t.key_type, t.range_kind) == ("text", "text")
+    # 9 < 10 as integers, but '10' < '9' as text: these ranges overlap for a text key
+    data = _range_table({"to": 9, "shard": "s0"}, {"from": 10, "shard": "s1"})
+    data["tables"]["logs"]["key_type"] = "text"
+    assert_err(data, "tables.logs.ranges[1]", "overlaps", "compared as text")
+
+
+def test_key_type_range_uuid_rejected() -> None:
+    data = _range_table({"to": 5, "shard": "s0"}, {"from": 5, "shard": "s1"})
+    data["tables"]["logs"]["key_type"] = "uuid"
+    assert_err(data, "tables.logs.key_type", "not supported for strategy range")
+
+
 def test_range_bound_key() -> None:
     assert range_bound_key("integer", "10") > range_bound_key("integer", "9")
     assert range_bound_key("timestamp", "2025-01-01") == dt.datetime(2025, 1, 1)
@@ -947,14 +1090,16 @@ def test_summarize_example() -> None:
     data = base()
     data["shards"][0]["primary"] = "postgresql://postgres:topsecret@127.0.0.1:5433/app"
     data["auth"]["users"][0]["password"] = "hunter2"
-    data["tables"] = {"users": {"shard_key": "id"}, "countries": {"reference": True}}
+    data["tables"] = {"users": {"shard_key": "id"}, "countries": {"reference": True},
+                      "accounts": {"shard_key": "id", "key_type": "int8"}}
     text = summarize(parse(data))
     assert "topsecret" not in text and "hunter2" not in text
     assert "127.0.0.1:6432" in text
     assert "scram-sha-256" in text and "app" in text
     assert "postgresql://postgres@127.0.0.1:5433/app" in text
     assert "buckets: 32 [0-31]" in text and "buckets: 32 [32-63]" in text
-    assert "public.users: hash on id" in text
+    assert "  public.users: hash on id" in text.splitlines()  # no key_type: none shown
+    assert "public.accounts: hash on id, key_type bigint" in text
     assert "public.countries: reference" in text
     assert "transaction" in text
 

@@ -26,7 +26,7 @@ from proxy.topology.router import KeyValue
 
 CASES = Path(__file__).resolve().parents[1] / "cases" / "routes.yaml"
 SHARDS = ("s0", "s1", "s2", "s3")
-KEY_TYPES = {"codes": "text"}
+UUID = "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"
 
 
 def topology(**overrides: Any) -> Config:
@@ -44,7 +44,9 @@ def topology(**overrides: Any) -> Config:
             "orders": {"shard_key": "user_id"},
             "order_items": {"shard_key": "user_id"},
             "billing.invoices": {"shard_key": "account_id"},
-            "codes": {"shard_key": "code"},
+            "codes": {"shard_key": "code", "key_type": "varchar(20)"},
+            "accounts": {"shard_key": "id", "key_type": "bigint"},
+            "sessions": {"shard_key": "id", "key_type": "uuid"},
             "pgbench_accounts": {"shard_key": "aid"},
             "pgbench_tellers": {"shard_key": "tid"},
             "pgbench_branches": {"shard_key": "bid"},
@@ -61,6 +63,20 @@ def topology(**overrides: Any) -> Config:
                 "shard_key": "region",
                 "strategy": "list",
                 "values": {"eu": "s0", "us": "s1"},
+            },
+            "stores": {
+                "shard_key": "store_id",
+                "strategy": "list",
+                "key_type": "int4",
+                "values": {1: "s1", "02": "s2"},
+                "default": "s3",
+            },
+            "devices": {
+                "shard_key": "device_id",
+                "strategy": "list",
+                "key_type": "uuid",
+                "values": {UUID.upper(): "s2"},
+                "default": "s0",
             },
             "logs": {
                 "shard_key": "created_at",
@@ -80,6 +96,12 @@ def topology(**overrides: Any) -> Config:
                     {"from": 300, "shard": "s3"},
                 ],
             },
+            "labels": {
+                "shard_key": "label",
+                "strategy": "range",
+                "key_type": "text",
+                "ranges": [{"to": 5, "shard": "s0"}, {"from": 5, "shard": "s1"}],
+            },
         },
     }
     data.update(overrides)
@@ -87,7 +109,7 @@ def topology(**overrides: Any) -> Config:
 
 
 CONFIG = topology()
-PLANNER = Planner(CONFIG, key_types=KEY_TYPES)
+PLANNER = Planner(CONFIG)  # key types from the topology (codes, accounts, ...)
 
 
 def shard_of(key: Any) -> str:
@@ -208,7 +230,7 @@ def _summary(route: Route) -> tuple[Any, ...]:
                          ids=[case_id(c) for c in ALL_CASES if c["sql"]])
 def test_fast_and_full_tokenizer_agree(case: dict[str, Any]) -> None:
     """The regex normaliser (fast path) and the full tokenizer route every case alike."""
-    planner = Planner(CONFIG, key_types=KEY_TYPES)
+    planner = Planner(CONFIG)
     fast = planner.plan(case["sql"], case.get("params"), case.get("param_types"),
                         reference_shard=case.get("reference_shard"))
     template, literals = planner.compiler.compile_text(case["sql"])
@@ -219,6 +241,26 @@ def test_fast_and_full_tokenizer_agree(case: dict[str, Any]) -> None:
     if planner.prepare(case["sql"]).hints:
         return  # hints skip the analysis on both paths
     assert _summary(fast) == _summary(full), f"{explain(fast)}\n---\n{explain(full)}"
+
+
+def test_key_types_come_from_the_topology() -> None:
+    assert PLANNER.key_types == {
+        "public.codes": "text", "public.accounts": "bigint", "public.sessions": "uuid",
+        "public.stores": "integer", "public.devices": "uuid", "public.labels": "text",
+    }
+    sql = "SELECT * FROM accounts WHERE id = '7'"
+    assert PLANNER.plan(sql).shards == (shard_of(7),) != (shard_of("7"),)
+
+
+def test_key_types_argument_overrides_the_topology() -> None:
+    planner = Planner(CONFIG, key_types={"accounts": "text", "public.users": "int8"})
+    assert planner.key_types["public.accounts"] == "text"
+    assert planner.key_types["public.users"] == "int8"
+    assert planner.key_types["public.codes"] == "text"  # the topology's, not overridden
+    assert planner.plan("SELECT * FROM accounts WHERE id = 7").shards == (shard_of("7"),)
+    assert planner.plan("SELECT * FROM users WHERE id = '7'").shards == (shard_of(7),)
+    # without the argument, users has no key type: the string literal hashes as text
+    assert PLANNER.plan("SELECT * FROM users WHERE id = '7'").shards == (shard_of("7"),)
 
 
 def test_dollar_inside_identifier_is_not_a_parameter() -> None:
