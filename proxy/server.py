@@ -37,6 +37,7 @@ from proxy.frontend.settings import (
 )
 from proxy.frontend.startup import CancelTarget, ClientStream, authenticate, negotiate
 from proxy.frontend.statements import StatementCache
+from proxy.sql.planner import Planner
 from proxy.wire import messages as m
 
 log = logging.getLogger("shardwire.server")
@@ -75,6 +76,12 @@ class Proxy:
         self.pools: dict[tuple[str, str, str], Pool] = {}
         self.sessions: dict[int, ClientSession] = {}
         self.statements = StatementCache()
+        # The statement router; None when the topology lists no table (every statement
+        # then goes to the default shard at no planning cost).
+        self.planner: Planner | None = Planner(config) if config.tables else None
+        # Parameter type OIDs the shards reported for statements whose Parse left them
+        # unspecified (asyncpg binds binary values that way): server name -> OIDs.
+        self.param_oids: dict[str, tuple[int, ...]] = {}
         self.max_server_statements = 2000
         self.shutting_down = False
         self._server: asyncio.Server | None = None
@@ -140,8 +147,7 @@ class Proxy:
         """No transaction open and nothing running. In session mode an idle client keeps
         its server, so `server is None` alone made idle session-mode clients wait for the
         whole shutdown_timeout (fault tests)."""
-        server = session.server
-        return server is None or (not session.queue and server.status == b"I")
+        return session.between_transactions()
 
     async def _maintain(self) -> None:
         while True:

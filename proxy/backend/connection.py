@@ -30,6 +30,10 @@ _AUTH_HINT = ("configure the shard's pg_hba.conf to use scram-sha-256, md5, pass
 _AUTH_NAMES = {2: "Kerberos V5", 6: "SCM credential", 7: "GSSAPI", 9: "SSPI"}
 
 
+# Frames a detached connection queues before it stops reading its socket.
+INBOX_LIMIT = 4096
+
+
 class Sink(Protocol):
     """What a server connection hands its traffic to while a session holds it."""
 
@@ -76,6 +80,9 @@ class ServerConnection(asyncio.Protocol):
         self.parked: Pool | None = None
         self.created_at = time.monotonic()
         self.last_used = self.created_at
+        # While detached: who to pause when the server's socket fills up (a COPY fanned out
+        # to several shards), since no sink is there to ask.
+        self.flow: Sink | None = None
         self._inbox: deque[tuple[int, bytes]] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._lost: Exception | None = None
@@ -98,8 +105,11 @@ class ServerConnection(asyncio.Protocol):
         if sink is not None:
             sink.on_server_data(self, region, frames)
             return
+        inbox = self._inbox
         for mtype, start, end in frames:
-            self._inbox.append((mtype, region[start:end]))
+            inbox.append((mtype, region[start:end]))
+        if len(inbox) > INBOX_LIMIT:  # a scatter reads the shards one after another
+            self.pause_reading()
         self._wake()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -112,12 +122,14 @@ class ServerConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         # The server reads slower than the client sends (a large COPY): pause the client.
-        if self.sink is not None:
-            self.sink.pause_client()
+        sink = self.sink or self.flow
+        if sink is not None:
+            sink.pause_client()
 
     def resume_writing(self) -> None:
-        if self.sink is not None:
-            self.sink.resume_client()
+        sink = self.sink or self.flow
+        if sink is not None:
+            sink.resume_client()
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -151,6 +163,10 @@ class ServerConnection(asyncio.Protocol):
             self.transport.close()
         self.closed = True
 
+    def pending_frames(self) -> int:
+        """Frames received while detached and not yet read with `recv`."""
+        return len(self._inbox)
+
     async def recv(self) -> tuple[int, bytes]:
         """Next frame while detached (startup, reset, health)."""
         while not self._inbox:
@@ -161,6 +177,8 @@ class ServerConnection(asyncio.Protocol):
                 await self._waiter
             finally:
                 self._waiter = None
+        if self._paused and len(self._inbox) < INBOX_LIMIT // 2:
+            self.resume_reading()
         return self._inbox.popleft()
 
     async def run_until_ready(self, sql: str) -> list[tuple[int, bytes]]:

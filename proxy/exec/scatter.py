@@ -80,11 +80,20 @@ class ScatterResult:
 
 
 Step = tuple[int, tuple[int, ...]]  # (request message type, indexes of the servers sent it)
+# Or'ed into a step's message type: a request the proxy added (a Parse of a rewritten
+# statement): its answer is read but not relayed; an error in it is still reported.
+HIDDEN = 0x100
+
+
+RowCombiner = Callable[[list[list[bytes]]], list[bytes]]
 
 
 async def gather(servers: Sequence[ServerConnection], steps: Sequence[Step],
                  write: Callable[[bytes], None], *, forward_ready: bool = True,
-                 on_parameter: Callable[[str, str], None] | None = None) -> ScatterResult:
+                 on_parameter: Callable[[str, str], None] | None = None,
+                 combine: RowCombiner | None = None,
+                 copy_header: bool = False, replicas: bool = False,
+                 limit: int = 0) -> ScatterResult:
     """Read the servers' answers to `steps` and write one merged answer with `write`.
 
     `steps` lists, in the client's order, each request and the servers it was sent to; they
@@ -94,6 +103,19 @@ async def gather(servers: Sequence[ServerConnection], steps: Sequence[Step],
     every server's rows, summed command tags). On an error the first ErrorResponse is relayed
     with the shard named in its detail and every answer after it up to the Sync is dropped,
     as one Postgres would skip to the Sync.
+
+    `combine`, when given, receives each server's DataRow messages (whole messages, one
+    list per server in `targets` order) and returns the rows to send instead: for sums of
+    counts, or to put INSERT ... RETURNING rows back in VALUES order. COPY TO STDOUT is
+    merged like rows: one CopyOutResponse, every shard's CopyData (with `copy_header`, the
+    header line of shards after the first is dropped), one CopyDone.
+
+    `replicas`: the servers hold copies of the same rows (a write to a reference table):
+    the answer is the first server's (rows, row count), the others only confirm it.
+
+    `limit`: the client's Execute asked for at most that many rows (each server was sent
+    an Execute for all of them): the first `limit` rows are relayed, then PortalSuspended
+    if there were more.
     """
     result = ScatterResult()
     failed = [False] * len(servers)
@@ -106,6 +128,8 @@ async def gather(servers: Sequence[ServerConnection], steps: Sequence[Step],
             out.clear()
 
     for request, targets in steps:
+        hidden = bool(request & HIDDEN)
+        request &= 0xFF
         if request in NO_RESPONSE:
             continue
         terminals = _TERMINALS[request]
@@ -114,7 +138,15 @@ async def gather(servers: Sequence[ServerConnection], steps: Sequence[Step],
         tags: list[bytes] = []
         statuses: list[bytes] = []
         first_terminal: bytes | None = None
+        rows_step = request == m.EXECUTE or request == m.QUERY
+        held: list[list[bytes]] | None = [] if combine is not None and rows_step else None
+        room = limit if limit and request == m.EXECUTE else -1  # rows still to relay
+        more = False
+        copy_done: bytes | None = None
         for position, index in enumerate(targets):
+            if held is not None:
+                held.append([])
+            skip_header = copy_header and position > 0
             server = servers[index]
             if failed[index] and not ends_with_ready:
                 continue  # that server is skipping to the Sync
@@ -138,11 +170,29 @@ async def gather(servers: Sequence[ServerConnection], steps: Sequence[Step],
                         continue  # ReadyForQuery follows
                     break
                 if mtype == m.DATA_ROW:
-                    if result.error is None:
+                    if result.error is None and not (replicas and position > 0):
+                        if held is not None:
+                            held[-1].append(m.message(mtype, body))
+                        elif room == 0:
+                            more = True
+                        else:
+                            room -= 1
+                            emit(m.message(mtype, body))
+                    continue
+                if mtype == m.COPY_DATA:
+                    if replicas and position > 0:
+                        continue
+                    if skip_header:
+                        skip_header = False
+                    elif result.error is None:
                         emit(m.message(mtype, body))
                     continue
+                if mtype == m.COPY_DONE:
+                    copy_done = m.message(mtype, body)
+                    continue
                 if mtype == m.COMMAND_COMPLETE:
-                    tags.append(body[:-1])
+                    if not (replicas and position > 0):
+                        tags.append(body[:-1])
                     if not simple:
                         break
                     continue
@@ -160,11 +210,18 @@ async def gather(servers: Sequence[ServerConnection], steps: Sequence[Step],
                 if position == 0 and result.error is None:
                     emit(m.message(mtype, body))
         if result.error is None:
-            if tags:
+            if held is not None and combine is not None:
+                for row in combine(held):
+                    emit(row)
+            if copy_done is not None:
+                emit(copy_done)
+            if more:
+                emit(m.message(m.PORTAL_SUSPENDED))
+            elif tags:
                 merged = merge_tags(tags)
                 result.tags.append(merged)
                 emit(m.message(m.COMMAND_COMPLETE, merged + b"\x00"))
-            elif first_terminal is not None:
+            elif first_terminal is not None and not hidden:
                 emit(first_terminal)
         if ends_with_ready:
             if result.error is not None and result.error_shard is not None:

@@ -17,13 +17,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import struct
 import weakref
 from collections import deque
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 from proxy.backend.connection import ServerConnection
 from proxy.errors import FeatureNotSupported, InternalError, ProtocolViolation, ShardwireError
+from proxy.frontend import fanout
+from proxy.frontend.routing import (
+    FLOATING_SOURCES,
+    FLOATING_TYPES,
+    ends_transaction,
+    is_count_only,
+    merge_refusal,
+    txn_verb,
+)
 from proxy.frontend.settings import (
     SETTABLE_REPORTED,
     Savepoint,
@@ -40,8 +50,10 @@ from proxy.wire.framing import Frame, Framer
 
 if TYPE_CHECKING:
     from proxy.backend.pool import Pool
+    from proxy.frontend.fanout import CopyIn
     from proxy.frontend.startup import ClientStream
     from proxy.server import Proxy
+    from proxy.sql.route import Route
 
 log = logging.getLogger("shardwire.session")
 
@@ -57,6 +69,7 @@ K_SWALLOW_Z = 7  # a query the proxy injected: drop everything through ReadyForQ
 K_FAIL_QUERY = 8  # a refused Query: the server fails in its stead, data replaces its error
 K_FAIL_ONE = 9  # a refused Parse: likewise, then the server skips to Sync
 K_RESTORE = 10  # startup values set again after RESET: like K_SWALLOW_Z, but see _restore
+K_SWALLOW_SYNC = 11  # a Sync the proxy injected to end a batch before switching shards
 
 # A statement (first, or after a ';', maybe behind comments) that changes tracked session
 # state: SET/RESET/DISCARD and the savepoint commands. A cheap test before splitting.
@@ -69,6 +82,8 @@ _PLAIN = frozenset({m.ROW_DESCRIPTION, m.DATA_ROW, m.COMMAND_COMPLETE, m.EMPTY_Q
 _EXECUTE_END = frozenset({m.COMMAND_COMPLETE, m.EMPTY_QUERY, m.PORTAL_SUSPENDED})
 _DESCRIBE_END = frozenset({m.ROW_DESCRIPTION, m.NO_DATA})
 _COPY_MESSAGES = frozenset({m.COPY_DATA, m.COPY_DONE, m.COPY_FAIL})
+# Statements about shardwire's own settings: answered by the session, never sent on.
+_LOCAL_TYPES = frozenset({"shardwire_set", "shardwire_show"})
 _VALID_FRONTEND = frozenset({
     m.QUERY, m.PARSE, m.BIND, m.DESCRIBE, m.EXECUTE, m.CLOSE, m.SYNC, m.FLUSH, m.TERMINATE,
     m.COPY_DATA, m.COPY_DONE, m.COPY_FAIL, m.FUNCTION_CALL,
@@ -82,6 +97,20 @@ _FAIL_PARSE = m.parse_message("shardwire_refused", "shardwire refused this state
 # under a new name, which shardwire maps to the same server name: so each server connection
 # holding it closes and re-prepares it once. Server name -> the servers that did so since.
 _REPLAN: dict[str, weakref.WeakSet[ServerConnection]] = {}
+
+
+_BEGIN_QUERY = m.query("BEGIN")
+
+
+class BeginProbe:
+    """Data of the K_SWALLOW_Z entry for a BEGIN injected into a batch whose statements
+    spread over shards: without Postgres' "already a transaction in progress" warning, the
+    batch was the client's implicit transaction, now a block to commit at its Sync."""
+
+    __slots__ = ("warned",)
+
+    def __init__(self) -> None:
+        self.warned = False
 
 
 class Entry:
@@ -136,6 +165,30 @@ class ClientSession:
         self._server_full = False
         self._sync_failed: str | None = None
         self._done: asyncio.Future[None] | None = None
+        # Routing (see proxy/frontend/routing.py and proxy/sql/ROUTING.md).
+        config = proxy.config
+        self.planner = proxy.planner
+        self.default_shard = config.default_shard
+        # Every server this session holds, by shard: the active one (`server`), and in a
+        # transaction the other participants; in session mode, each shard it has used.
+        self.held: dict[str, tuple[ServerConnection, Pool]] = {}
+        self.begin_sql: str | None = None  # what opened the transaction in progress
+        self.deferred_begin = False  # BEGIN answered here, not yet sent to any shard
+        self.deferred_failed = False  # ... and a statement since failed here
+        self.batch_open = False  # extended messages sent to `server` since its last Sync
+        self.batch_executed = False  # ... among them an Execute
+        self.hint_shard: str | None = None  # SET shardwire.shard
+        self.hint_key: str | None = None  # SET shardwire.shard_key
+        names = config.shard_names
+        self.reference_shard = names[pid % len(names)]  # reads of reference tables
+        self.copy: CopyIn | None = None  # a COPY FROM STDIN fanned out to several shards
+        self.fanout_servers: list[ServerConnection] = []  # servers of a running fanout
+        self._resume_at: tuple[bytes, list[Frame], int] | None = None  # after a drain
+        self._drain_action: Callable[[bytes, list[Frame], int], None] | None = None
+        # The client's implicit transaction (an extended batch) spread over shards: its
+        # Sync commits every participant (see _drained).
+        self.implicit_txn = False
+        self._lookahead: tuple[int, int, str | None] | None = None  # (region id, Bind, shard)
 
     # ----------------------------------------------------------------- client -> server
     async def run(self, rest: bytes) -> None:
@@ -227,6 +280,7 @@ class ClientSession:
     def process(self, region: bytes, frames: list[Frame], index: int) -> None:
         """Handle client frames from `index` on; hand over to a task if one must wait."""
         count = len(frames)
+        planner = self.planner
         while index < count:
             mtype, start, end = frames[index]
             index += 1
@@ -236,6 +290,11 @@ class ClientSession:
                 self.flush()
                 self.close()
                 return
+            if self.copy is not None:
+                if self.copy.client_frame(mtype, region, start, end, frames, index):
+                    if self._busy:
+                        return
+                    continue
             if self.skipping and mtype != m.SYNC:
                 continue
             problem = m.malformed_frontend(mtype, region, start, end)
@@ -246,20 +305,363 @@ class ClientSession:
                 if self.server is not None:
                     self.out.append(region[start - 5:end])
                 continue  # outside COPY Postgres ignores these too
-            if self.server is None:
-                if self.answer_locally(mtype, region, start, end):
+            if mtype == m.SYNC and self.implicit_txn:
+                self._sync_implicit(region, frames, index)
+                self.flush()
+                return
+            shard: str | None = None
+            if planner is not None and (mtype == m.QUERY or mtype == m.PARSE
+                                        or mtype == m.BIND):
+                shard = self.target(mtype, region, start, end, frames, index)
+                if shard is None:  # answered here, refused, or handed to a task
+                    if self._busy:
+                        self.flush()
+                        return
                     continue
-                pool = self.proxy.pool_for(self.route(), self.user)
-                server = pool.try_acquire()
-                if server is None:
-                    self.flush()
-                    self._busy = True
-                    self.transport.pause_reading()
-                    self.proxy.spawn(self._checkout_then_resume(pool, region, frames, index - 1))
-                    return
-                self.attach(server, pool)
+            server = self.server
+            if server is None or (shard is not None and shard != server.shard):
+                if server is None and self.answer_locally(mtype, region, start, end):
+                    continue
+                if not self.activate(shard or self.default_shard, region, frames, index - 1):
+                    if self._busy:
+                        self.flush()
+                        return
+                    continue
+            if self.deferred_begin:
+                self._open_transaction(self.server)  # type: ignore[arg-type]
             self.forward(mtype, region, start, end)
         self.flush()
+
+    # ------------------------------------------------------------------ routing
+    def target(self, mtype: int, region: bytes, start: int, end: int, frames: list[Frame],
+               index: int) -> str | None:
+        """The shard a Query, Parse or Bind goes to; None when it was dealt with here
+        (answered, refused, or handed to a task, which sets `_busy`)."""
+        if mtype == m.QUERY:
+            sql, _ = m.read_cstr(region, start)
+            return self.dispatch(self.plan(sql), sql, region, frames, index - 1, simple=True)
+        if mtype == m.PARSE:
+            return self._shard_of_batch(region, frames, index)
+        try:
+            _, name, values, _ = m.decode_bind(region, start, end)
+        except (ValueError, struct.error):
+            return self._floating()  # Postgres reports the malformed Bind
+        stmt = self.stmts.get(name)
+        if stmt is None:
+            return self._floating()  # Postgres reports the missing statement
+        look = self._lookahead
+        if look is not None and look[0] == id(region) and look[1] == start:
+            self._lookahead = None
+            if look[2] is not None and (self.server is None or self.server.shard == look[2]):
+                return look[2]
+        route = self.plan(stmt.query, values, self._param_types(stmt))
+        return self.dispatch(route, stmt.query, region, frames, index - 1, simple=False)
+
+    def plan(self, sql: str, params: list[str | bytes | None] | None = None,
+             param_types: tuple[int, ...] | None = None) -> Route:
+        assert self.planner is not None
+        server = self.server
+        return self.planner.prepare(sql).route(
+            params, param_types, session_shard=self.hint_shard,
+            session_shard_key=self.hint_key,
+            reference_shard=server.shard if server is not None else self.reference_shard)
+
+    def _param_types(self, stmt: Statement) -> tuple[int, ...] | None:
+        types = stmt.param_types
+        if not types or 0 in types:
+            reported = self.proxy.param_oids.get(stmt.server_name)
+            if reported is not None:
+                return reported
+        return types or None
+
+    def _floating(self) -> str:
+        """Where a statement that reads no table goes: the shard in use, else the
+        transaction's, else the default shard."""
+        if self.server is not None:
+            return self.server.shard
+        for shard, (server, _) in self.held.items():
+            if server.status != b"I":
+                return shard
+        return self.default_shard
+
+    def _shard_of_batch(self, region: bytes, frames: list[Frame], index: int) -> str:
+        """For a Parse: the shard of the first Bind after it (up to the Sync) that names a
+        table, so the statement is prepared where it will run; else the floating shard."""
+        assert self.planner is not None
+        _, parse_start, parse_end = frames[index - 1]
+        parse_name, parsed = self.proxy.statements.from_parse(region[parse_start:parse_end])
+        for i in range(index, len(frames)):
+            mtype, start, end = frames[i]
+            if mtype == m.SYNC:
+                break
+            if mtype != m.BIND:
+                continue
+            try:
+                _, name, values, _ = m.decode_bind(region, start, end)
+            except (ValueError, struct.error):
+                break
+            stmt = parsed if name == parse_name else self.stmts.get(name)
+            if stmt is None:
+                break
+            sql, types = stmt.query, self._param_types(stmt)
+            route = self.plan(sql, values, types)
+            if route.error is not None or route.statement_type in _LOCAL_TYPES:
+                break
+            if route.source in FLOATING_SOURCES or route.statement_type in FLOATING_TYPES:
+                continue
+            if len(route.shards) != 1:
+                break
+            self._lookahead = (id(region), start, route.shards[0])
+            return route.shards[0]
+        return self._floating()
+
+    def dispatch(self, route: Route, sql: str, region: bytes, frames: list[Frame], index: int,
+                 *, simple: bool) -> str | None:
+        """Act on a route: the shard to forward to, or None when dealt with here."""
+        if route.error is not None:
+            self.reject(route.error, simple=simple)
+            return None
+        stype = route.statement_type
+        if self.deferred_failed and stype != "transaction":
+            self.reject(ShardwireError(
+                "current transaction is aborted, commands ignored until end of transaction "
+                "block", sqlstate="25P02"), simple=simple)
+            return None
+        if stype in _LOCAL_TYPES:
+            self.local_setting(route, simple=simple)
+            return None
+        if stype == "transaction":
+            return self.transaction_control(sql, region, frames, index, simple=simple)
+        if route.source in FLOATING_SOURCES or stype in FLOATING_TYPES:
+            return self._floating()
+        shards = route.shards
+        if len(shards) == 1:
+            if stype == "multi" and len(self.held) > 1 and ends_transaction(sql):
+                self.reject(FeatureNotSupported(
+                    "a query string that ends a transaction spanning several shards must "
+                    "send COMMIT or ROLLBACK on its own",
+                    hint="send the COMMIT/ROLLBACK as a separate statement"), simple=simple)
+                return None
+            return shards[0]
+        # several shards
+        if route.needs_merge and not is_count_only(sql):
+            self.reject(merge_refusal(route), simple=simple)
+            return None
+        if stype == "multi":
+            self.reject(FeatureNotSupported(
+                "a multi-statement query whose statements need several shards is not "
+                f"supported ({route.reason})",
+                hint="send the statements one at a time"), simple=simple)
+            return None
+        if not self._drained(region, frames, index):
+            return None
+        if self._failed_shard() is not None:
+            return self._failed_shard()  # Postgres answers 25P02 there
+        self.go_async(fanout.statement(self, route, sql, region, frames, index, simple))
+        return None
+
+    def _failed_shard(self) -> str | None:
+        for shard, (server, _) in self.held.items():
+            if server.status == b"E":
+                return shard
+        return None
+
+    def participants(self) -> list[ServerConnection]:
+        """The servers in the client's transaction (accurate once the queue is drained)."""
+        return [server for server, _ in self.held.values() if server.status != b"I"]
+
+    def in_transaction(self) -> bool:
+        return self.deferred_begin or any(s.status != b"I" for s, _ in self.held.values())
+
+    def client_status(self) -> bytes:
+        """The ReadyForQuery status the client should see now (queue drained)."""
+        if self.deferred_begin:
+            return b"E" if self.deferred_failed else b"T"
+        status = b"I"
+        for server, _ in self.held.values():
+            if server.status == b"E":
+                return b"E"
+            if server.status == b"T":
+                status = b"T"
+        return status
+
+    def between_transactions(self) -> bool:
+        """No transaction open and nothing running (graceful shutdown may end it)."""
+        return (not self.queue and not self._busy and self.copy is None
+                and not self.in_transaction())
+
+    def transaction_control(self, sql: str, region: bytes, frames: list[Frame], index: int,
+                            *, simple: bool) -> str | None:
+        verb = txn_verb(sql)
+        if not self._drained(region, frames, index):
+            return None
+        parts = self.participants()
+        if verb == "begin":
+            if not parts and not self.deferred_begin and simple:
+                # Answered here: the first statement decides the shard, BEGIN goes with it.
+                self.begin_sql = sql
+                self.deferred_begin = True
+                self.write(m.command_complete("BEGIN") + m.ready_for_query(b"T"))
+                return None
+            if not parts and not self.deferred_begin:
+                self.begin_sql = sql  # extended BEGIN: runs on the floating shard
+            return self._floating()
+        if verb == "commit" or verb == "rollback":
+            if not parts:
+                if self.deferred_begin and simple:
+                    tag = "COMMIT" if verb == "commit" and not self.deferred_failed else (
+                        "ROLLBACK")
+                    self.deferred_begin = self.deferred_failed = False
+                    self.begin_sql = None
+                    self.write(m.command_complete(tag) + m.READY_IDLE)
+                    return None
+                return self._floating()
+            if len(parts) == 1:
+                return parts[0].shard
+            shape = None if simple else fanout.extended_shape(region, frames, index)
+            if isinstance(shape, ShardwireError):
+                self.reject(shape, simple=False)
+                return None
+            self.go_async(fanout.end_transaction(self, parts, sql, verb, region, frames,
+                                                 index, shape=shape))
+            return None
+        if verb == "savepoint":
+            if len(parts) <= 1:
+                return parts[0].shard if parts else self._floating()
+            shape = None if simple else fanout.extended_shape(region, frames, index)
+            if isinstance(shape, ShardwireError):
+                self.reject(shape, simple=False)
+                return None
+            self.go_async(fanout.on_participants(self, parts, sql, region, frames, index,
+                                                 shape=shape))
+            return None
+        if len(parts) > 1:
+            self.reject(FeatureNotSupported(
+                "this transaction command is not supported in a transaction spanning "
+                "several shards yet"), simple=simple)
+            return None
+        return parts[0].shard if parts else self._floating()
+
+    def _drained(self, region: bytes, frames: list[Frame], index: int) -> bool:
+        """True when nothing is outstanding on the active server; else arrange for frame
+        `index` to be handled again once it is (ending an open batch with a Sync first),
+        and return False."""
+        if not self.queue and not self.batch_open:
+            return True
+        if self.batch_open:
+            if self.batch_executed and self.server is not None:
+                # What this batch ran here must commit or roll back with what it runs on
+                # the next shard, at the client's Sync: BEGIN turns the transaction it
+                # started into a block (keeping that work), which our Sync leaves open.
+                self.out.append(_BEGIN_QUERY)
+                self.queue.append(Entry(K_SWALLOW_Z, BeginProbe()))
+                self.server.unnamed = None
+            self._end_batch()
+        self.flush()
+        self._busy = True
+        self.transport.pause_reading()
+        self._resume_at = (region, frames, index)
+        if not self.queue:  # nothing to wait for after all
+            asyncio.get_running_loop().call_soon(self._resume_after_drain)
+        return False
+
+    def _end_batch(self) -> None:
+        """Send a Sync of our own to end the client's open batch on the active server."""
+        self.out.append(m.SYNC_MSG)
+        self.queue.append(Entry(K_SWALLOW_SYNC))
+        self.batch_open = self.batch_executed = False
+
+    def _sync_implicit(self, region: bytes, frames: list[Frame], index: int) -> None:
+        """The client's Sync ends an implicit transaction spread over shards: end the batch
+        on the active server, then commit (or roll back) every participant."""
+        self.skipping = False
+        if self.server is not None:
+            self.out.append(m.SYNC_MSG)
+            self.queue.append(Entry(K_SWALLOW_SYNC))
+        self.batch_open = self.batch_executed = False
+        self.flush()
+        self._busy = True
+        self.transport.pause_reading()
+        self._resume_at = (region, frames, index)
+        self._drain_action = self._commit_implicit
+        if not self.queue:
+            asyncio.get_running_loop().call_soon(self._resume_after_drain)
+
+    def _commit_implicit(self, region: bytes, frames: list[Frame], index: int) -> None:
+        self.go_async(fanout.end_transaction(self, self.participants(), "COMMIT", "commit",
+                                             region, frames, index - 1, implicit=True))
+
+    def _resume_after_drain(self) -> None:
+        resume, self._resume_at = self._resume_at, None
+        if resume is None or self.closed:
+            return
+        action, self._drain_action = self._drain_action, None
+        if action is not None:
+            action(*resume)
+            return
+        self._busy = False
+        try:
+            self.process(*resume)
+        except Exception as exc:
+            self._end_with(exc)
+        self._after_async()
+
+    def _after_async(self) -> None:
+        """An async step ended: go on with what the client sent meanwhile."""
+        while self._backlog and not self._busy and not self.closed:
+            self._feed(self._backlog.popleft())
+        if not self._busy and not self.closed and not self._server_full:
+            self.transport.resume_reading()
+
+    def go_async(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run a multi-shard step as a task; the client's socket stays paused meanwhile."""
+        self.flush()
+        self._busy = True
+        self.transport.pause_reading()
+        self.proxy.spawn(coro)
+
+    def activate(self, shard: str, region: bytes, frames: list[Frame], index: int) -> bool:
+        """Make `shard`'s server the active one. True if the frame can be forwarded to
+        `self.server` now; False when refused or when a task or a drain takes over."""
+        server = self.server
+        if server is not None:
+            if server.shard == shard:
+                return True
+            if not self._drained(region, frames, index):
+                return False
+            if server.status == b"E":
+                return True  # a failed transaction: Postgres refuses everything there
+            self.deactivate()
+        else:
+            failed = self._failed_shard()
+            if failed is not None:
+                shard = failed
+        held = self.held.get(shard)
+        if held is not None:
+            self.attach(*held)
+            return True
+        pool = self.proxy.pool_for(shard, self.user)
+        conn = pool.try_acquire()
+        if conn is None:
+            self.flush()
+            self._busy = True
+            self.transport.pause_reading()
+            self.proxy.spawn(self._checkout_then_resume(pool, region, frames, index))
+            return False
+        self.attach(conn, pool)
+        return True
+
+    def deactivate(self) -> None:
+        """Stop using the active server (queue empty): a transaction's participant stays
+        held; an idle one goes back to its pool in transaction mode."""
+        server = self.server
+        if server is None:
+            return
+        if self.transaction_mode and server.status == b"I":
+            self.release_server()
+            return
+        self.server = None
+        self.pool = None
 
     async def _checkout_then_resume(self, pool: Pool, region: bytes, frames: list[Frame],
                                     index: int) -> None:
@@ -294,10 +696,7 @@ class ClientSession:
                 self.process(region, frames, index)
         except Exception as exc:
             self._end_with(exc)
-        while self._backlog and not self._busy and not self.closed:
-            self._feed(self._backlog.popleft())
-        if not self._busy and not self.closed and not self._server_full:
-            self.transport.resume_reading()
+        self._after_async()
 
     def _log_sessions(self, why: str) -> None:
         """Debug aid for pool exhaustion: what every session holds right now."""
@@ -319,7 +718,7 @@ class ClientSession:
         """Answer what needs no server while none is attached. True if answered."""
         if mtype == m.SYNC:
             self.skipping = False
-            self.write(m.READY_IDLE)
+            self.write(m.ready_for_query(self.client_status()))
             return True
         if mtype == m.FLUSH:
             return True
@@ -332,7 +731,7 @@ class ClientSession:
             sql, _ = m.read_cstr(region, start)
             tag = self.deallocate(sql)
             if tag is not None:
-                self.write(m.command_complete(tag) + m.READY_IDLE)
+                self.write(m.command_complete(tag) + m.ready_for_query(self.client_status()))
                 return True
         return False
 
@@ -368,9 +767,12 @@ class ClientSession:
 
     def attach(self, server: ServerConnection, pool: Pool) -> None:
         """Take `server` for this client: bring its session state up to the client's."""
+        joins = server.status == b"I" and self.in_transaction()  # before it is held
         self.server = server
         self.pool = pool
         server.sink = self
+        server.flow = None
+        self.held[server.shard] = (server, pool)
         if self._client_paused:
             server.pause_reading()
         if self.default_params is None:
@@ -383,10 +785,19 @@ class ClientSession:
             server.unnamed = None  # any simple Query drops the unnamed statement
             self.out.append(m.query(sql))
             self.queue.append(Entry(K_SWALLOW_Z))
+        if joins:
+            self._open_transaction(server)
 
-    def route(self) -> str:
-        """The shard for the next statement. Until the router lands: the default shard."""
-        return self.proxy.config.default_shard
+    def _open_transaction(self, server: ServerConnection) -> None:
+        """A new participant of the client's transaction (or the first, after a BEGIN
+        answered here): open it there too, with the client's BEGIN (isolation level...)
+        and its savepoints so far."""
+        replay = [self.begin_sql or "BEGIN"]
+        replay += ['SAVEPOINT "' + name.replace('"', '""') + '"' for name, _ in self.savepoints]
+        self.deferred_begin = self.deferred_failed = False
+        server.unnamed = None
+        self.out.append(m.query(";".join(replay)))
+        self.queue.append(Entry(K_SWALLOW_Z))
 
     def forward(self, mtype: int, region: bytes, start: int, end: int) -> None:
         """Forward one client frame to the attached server, recording what to expect."""
@@ -422,6 +833,7 @@ class ClientSession:
             if restore:
                 self._restore(restore)
         elif mtype == m.BIND:
+            self.batch_open = True
             portal, pos = m.read_cstr(region, start)
             name, pos = m.read_cstr(region, pos)
             stmt = self.stmts.get(name)
@@ -444,6 +856,7 @@ class ClientSession:
             # a str (not a tuple): for _stale_plan if the Bind fails, ignored by _undo
             queue.append(Entry(K_ONE, server_name or None))
         elif mtype == m.EXECUTE:
+            self.batch_open = self.batch_executed = True
             self.out.append(region[start - 5:end])
             change = None
             if self.portal_changes or self.portal_resets:
@@ -454,6 +867,7 @@ class ClientSession:
                     self.resets.add(target)
             queue.append(Entry(K_EXECUTE, change))
         elif mtype == m.SYNC:
+            self.batch_open = self.batch_executed = False
             self.skipping = False  # a Sync ends the skip after an error (as in Postgres)
             self.out.append(region[start - 5:end])
             queue.append(Entry(K_SYNC))
@@ -461,8 +875,10 @@ class ClientSession:
                 self._restore(self.resets)
                 self.resets = set()
         elif mtype == m.PARSE:
+            self.batch_open = True
             self.parse(region[start:end])
         elif mtype == m.DESCRIBE or mtype == m.CLOSE:
+            self.batch_open = True
             kind = region[start]
             if kind != ord("S"):
                 self.out.append(region[start - 5:end])
@@ -480,6 +896,9 @@ class ClientSession:
             else:
                 server_name = self.ensure_prepared(name, stmt)
                 self.out.append(m.message(m.DESCRIBE, b"S" + m.cstr(server_name)))
+                if self.planner is not None:  # learn its parameter types (see target)
+                    queue.append(Entry(K_DESCRIBE, stmt))
+                    return
             queue.append(Entry(K_DESCRIBE))
         elif mtype == m.FLUSH:
             self.out.append(region[start - 5:end])
@@ -601,6 +1020,46 @@ class ClientSession:
         else:
             self.write(payload)
 
+    def local_setting(self, route: Route, *, simple: bool) -> None:
+        """`SET/RESET/SHOW shardwire.shard|shard_key`: the session's routing hints."""
+        setting = route.setting
+        assert setting is not None
+        if not simple:
+            self.reject(FeatureNotSupported(
+                f"shardwire.{setting.name} can only be set or shown with a simple query",
+                hint="send it without parameters through the simple query protocol (psql, "
+                     "or your driver's plain execute)"), simple=False)
+            return
+        name = setting.name
+        if route.statement_type == "shardwire_show":
+            value = self.hint_shard if name == "shard" else self.hint_key
+            payload = (m.row_description([(f"shardwire.{name}", 25)])
+                       + m.data_row([(value or "").encode()]) + m.command_complete("SHOW"))
+        else:
+            if setting.local:
+                self.reject(FeatureNotSupported(
+                    f"SET LOCAL shardwire.{name} is not supported",
+                    hint=f"use SET shardwire.{name} and RESET it after the transaction"),
+                    simple=True)
+                return
+            value = setting.value
+            if name == "shard" and value is not None and value != "all" and (
+                    value not in self.proxy.config.shard_names):
+                self.reject(ShardwireError(
+                    f"unknown shard {value!r} in SET shardwire.shard; expected one of "
+                    f"{', '.join((*self.proxy.config.shard_names, 'all'))}",
+                    sqlstate="22023"), simple=True)
+                return
+            if name == "shard":
+                self.hint_shard = value
+            else:
+                self.hint_key = value
+            payload = m.command_complete("SET" if value is not None else "RESET")
+        if self.queue:
+            self.queue.append(Entry(K_SYNTH, (payload,)))
+        else:
+            self.write(payload + m.ready_for_query(self.client_status()))
+
     def reject(self, err: ShardwireError, *, simple: bool) -> None:
         """Report a request the proxy refuses, as Postgres would report an error there.
 
@@ -616,8 +1075,10 @@ class ClientSession:
                 self.server.unnamed = None  # a simple Query drops the unnamed statement
             self.queue.append(Entry(K_FAIL_QUERY if simple else K_FAIL_ONE, payload))
             return
+        if self.deferred_begin:
+            self.deferred_failed = True  # the error aborts the (not yet sent) transaction
         if simple:
-            payload += m.READY_IDLE  # no server: no transaction in progress
+            payload += m.ready_for_query(self.client_status())
         else:
             self.skipping = True
         self.synth(payload)
@@ -634,6 +1095,9 @@ class ClientSession:
     # ----------------------------------------------------------------- server -> client
     def on_server_data(self, server: ServerConnection, region: bytes,
                        frames: list[Frame]) -> None:
+        if server is not self.server:
+            self._passive_data(server, region, frames)
+            return
         queue = self.queue
         if (len(queue) == 1 and frames[-1][0] == m.READY_FOR_QUERY and queue[0].kind == K_QUERY
                 and queue[0].data is None and not self.pending and not self.savepoints
@@ -641,6 +1105,8 @@ class ClientSession:
             # Fast path: the whole answer to one plain simple query, nothing to track.
             queue.clear()
             status = server.status = region[frames[-1][1]:frames[-1][1] + 1]
+            if status == b"I":
+                self.begin_sql = None
             self.write(region)
             if status == b"I" and self.transaction_mode and self.server is server:
                 self.release_server()
@@ -663,7 +1129,10 @@ class ClientSession:
                     self._drop_until_sync()
                     continue
                 elif mtype in _ASYNC:
-                    continue  # notices and notifications still reach the client
+                    if (mtype != m.NOTICE_RESPONSE
+                            or entry.data.__class__ is not BeginProbe):  # type: ignore[union-attr]
+                        continue  # notices and notifications still reach the client
+                    entry.data.warned = True  # type: ignore[union-attr]
                 if start - 5 > flushed:
                     out.append(region[flushed:start - 5])
                 flushed = end
@@ -672,6 +1141,10 @@ class ClientSession:
                 elif mtype == m.READY_FOR_QUERY:
                     server.status = region[start:start + 1]
                     queue.popleft()
+                    probe = entry.data  # type: ignore[union-attr]
+                    if probe.__class__ is BeginProbe and not probe.warned and (  # type: ignore[union-attr]
+                            server.status == b"T"):
+                        self.implicit_txn = True
                 elif mtype == m.ERROR_RESPONSE and kind == K_SWALLOW_Z:
                     # The client's session state could not be applied: running its statements
                     # with other settings (say another search_path) could write to the wrong
@@ -709,6 +1182,15 @@ class ClientSession:
                     server.params[name] = value
                     self.params[name] = value
                 continue
+            elif kind == K_SWALLOW_SYNC:  # its ReadyForQuery (errors belong to earlier ones)
+                if start - 5 > flushed:
+                    out.append(region[flushed:start - 5])
+                flushed = end
+                if mtype == m.READY_FOR_QUERY:
+                    server.status = region[start:start + 1]
+                    queue.popleft()
+                    if server.status == b"I":
+                        release = self._idle_after(queue)
             elif mtype == m.ERROR_RESPONSE:
                 # The transaction is aborted: its SETs go at ReadyForQuery 'I' or ROLLBACK;
                 # those before a savepoint survive ROLLBACK TO.
@@ -737,6 +1219,8 @@ class ClientSession:
                     server.status = status
                     queue.popleft()
                     if status == b"I":
+                        if not self.deferred_begin:
+                            self.begin_sql = None
                         if self.failed:  # the (implicit) transaction was rolled back
                             self.pending.clear()
                             self.savepoints.clear()
@@ -764,6 +1248,8 @@ class ClientSession:
             elif kind == K_DESCRIBE:
                 if mtype in _DESCRIBE_END:
                     queue.popleft()
+                elif mtype == m.PARAMETER_DESCRIPTION and entry.data is not None:  # type: ignore[union-attr]
+                    self._learn_param_types(entry.data, region, start, end)  # type: ignore[union-attr,arg-type]
             # else: nothing expected (e.g. a FATAL at server shutdown): forward as is.
             if queue and queue[0].kind == K_SYNTH:
                 out.append(region[flushed:end])
@@ -788,6 +1274,30 @@ class ClientSession:
             return
         if release and self.server is server:
             self.release_server()
+        if self._resume_at is not None and not self.queue:
+            asyncio.get_running_loop().call_soon(self._resume_after_drain)
+
+    def _passive_data(self, server: ServerConnection, region: bytes,
+                      frames: list[Frame]) -> None:
+        """Traffic from a held server that is not the active one (a transaction's idle
+        participant): only notices and notifications are expected; pass them on."""
+        for mtype, start, end in frames:
+            if mtype == m.NOTICE_RESPONSE or mtype == m.NOTIFICATION_RESPONSE:
+                self.write(region[start - 5:end])
+            elif mtype == m.PARAMETER_STATUS:
+                name, value = m.decode_parameter_status(region[start:end])
+                server.params[name] = value
+            else:
+                log.warning("unexpected message %r from idle participant %s", chr(mtype),
+                            server.address)
+
+    def _learn_param_types(self, stmt: Statement, region: bytes, start: int, end: int) -> None:
+        count = int.from_bytes(region[start:start + 2], "big")
+        if start + 2 + 4 * count <= end:
+            oids = self.proxy.param_oids
+            if len(oids) > 10000:
+                oids.clear()
+            oids[stmt.server_name] = struct.unpack_from(f"!{count}I", region, start + 2)
 
     @staticmethod
     def _plain_answer(region: bytes, frames: list[Frame]) -> bool:
@@ -879,19 +1389,21 @@ class ClientSession:
     def _drop_until_sync(self) -> None:
         """After an error the server skips to the next Sync: so do our expectations."""
         queue = self.queue
-        while queue and queue[0].kind != K_SYNC:
+        while queue and queue[0].kind != K_SYNC and queue[0].kind != K_SWALLOW_SYNC:
             self._undo(queue.popleft())
-        if not queue:
-            self.skipping = True  # the Sync has not arrived yet: drop the client's messages
+        if not queue or queue[0].kind == K_SWALLOW_SYNC:
+            self.skipping = True  # the client's Sync has not arrived: drop its messages
 
     def on_server_lost(self, server: ServerConnection, exc: Exception | None) -> None:
-        if server is not self.server:
+        held = self.held.get(server.shard)
+        if held is None or held[0] is not server:
             return
-        self.server = None
-        self.queue.clear()
-        if self.pool is not None:
-            self.pool.release(server, reusable=False)
+        del self.held[server.shard]
+        held[1].release(server, reusable=False)
+        if server is self.server:
+            self.server = None
             self.pool = None
+            self.queue.clear()
         if not self.closed:
             self.send_error(ShardwireError(
                 f'lost the connection to shard "{server.shard}" ({server.address})',
@@ -915,6 +1427,7 @@ class ClientSession:
         if self._server_full:
             self.resume_client()
         if server is not None and pool is not None:
+            self.held.pop(server.shard, None)
             pool.release(server)
 
     def close(self) -> None:
@@ -927,26 +1440,35 @@ class ClientSession:
         server = self.server
         if server is not None and self.queue:
             self.proxy.spawn(self.proxy.send_cancel(server))
+        for other in self.fanout_servers:
+            self.proxy.spawn(self.proxy.send_cancel(other))
 
     def cleanup(self) -> None:
         """The client is gone: give the server back clean, or close it."""
         self.proxy.forget_session(self)
-        server, pool = self.server, self.pool
+        active = self.server
         self.server = None
         self.pool = None
-        if server is None or pool is None:
-            return
-        server.sink = None
-        if self.queue or server.status != b"I":
-            # Mid-query or mid-transaction: stop the query, never hand this connection on.
-            if self.queue:
-                self.proxy.spawn(self.proxy.send_cancel(server))
-            self.queue.clear()
-            pool.release(server, reusable=False)
-        elif not self.transaction_mode:
-            self.proxy.spawn(self.proxy.reset_and_release(pool, server))
-        else:
-            pool.release(server)
+        busy = bool(self.queue) or self.copy is not None
+        self.queue.clear()
+        held, self.held = self.held, {}
+        if self.copy is not None:
+            self.copy.abandon()
+            self.copy = None
+        for server, pool in held.values():
+            if server in self.fanout_servers:
+                continue  # the fanout task gives these back when it ends
+            server.sink = None
+            server.flow = None
+            if (busy and server is active) or server.status != b"I":
+                # Mid-query or mid-transaction: stop the query, never hand this connection on.
+                if busy and server is active:
+                    self.proxy.spawn(self.proxy.send_cancel(server))
+                pool.release(server, reusable=False)
+            elif not self.transaction_mode:
+                self.proxy.spawn(self.proxy.reset_and_release(pool, server))
+            else:
+                pool.release(server)
 
 
 def _has_deallocate(region: bytes, start: int, end: int) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import struct
 from dataclasses import dataclass
 
 from proxy.frontend.settings import (
@@ -31,6 +32,7 @@ class Statement:
     change: SettingChange | Savepoint | None  # the setting or savepoint it moves, if any
     session_feature: str | None  # a session-scoped feature it uses, if any
     reset: str | None = None  # the setting it RESETs ("" for all), see settings.reset_target
+    param_types: tuple[int, ...] = ()  # parameter type OIDs the client declared (0: unspecified)
 
 
 class StatementCache:
@@ -46,17 +48,28 @@ class StatementCache:
         key = body[pos:]
         stmt = self._items.get(key)
         if stmt is None:
-            query, _ = read_cstr(body, pos)
+            query, end = read_cstr(body, pos)
             digest = hashlib.blake2b(key, digest_size=12).hexdigest()
             server_name = f"sw_{digest}"
             stmt = Statement(server_name, cstr(server_name) + key, query, parse_tracked(query),
-                             session_only_feature(query), reset_target(query))
+                             session_only_feature(query), reset_target(query),
+                            _param_types(body, end))
             if self.capacity <= 0:
                 return name, stmt
             if len(self._items) >= self.capacity:
                 self._items.pop(next(iter(self._items)))
             self._items[key] = stmt
         return name, stmt
+
+
+def _param_types(body: bytes, pos: int) -> tuple[int, ...]:
+    """The parameter type OIDs after a Parse body's query text (empty if malformed)."""
+    if pos + 2 > len(body):
+        return ()
+    count = int.from_bytes(body[pos:pos + 2], "big", signed=True)
+    if count <= 0 or pos + 2 + 4 * count > len(body):
+        return ()
+    return struct.unpack_from(f"!{count}I", body, pos + 2)
 
 
 # Where a split point, quoted text or a comment may start.

@@ -270,8 +270,10 @@ class DmlTemplate:
             if self.catalog:
                 return self._route("default", (router.default_shard,),
                                    "catalog query -> default shard", "catalog")
+            # reads no table at all: any shard answers the same (the session keeps it on
+            # the shard it is already using)
             return self._route("default", (router.default_shard,),
-                               "no sharded table -> default shard", "default")
+                               "no sharded table -> default shard", "anywhere")
         ordered = router.sort_shards(shards)
         reason = "; ".join(reasons)
         # UPDATE / ON CONFLICT that would move a row

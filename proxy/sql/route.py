@@ -90,7 +90,8 @@ class Route:
     * ``setting``: for ``statement_type`` ``shardwire_set``/``shardwire_show``.
     * ``tables``: the configured (sharded or reference) tables the statement touches.
     * ``source``: bounded label for metrics: key, hint, session_hint, reference, broadcast,
-      default, catalog, transaction, setting, error.
+      default, anywhere (reads no table: any shard gives the same answer), catalog,
+      transaction, setting, error.
     """
 
     kind: RouteKind

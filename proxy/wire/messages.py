@@ -6,7 +6,7 @@ Everything else is forwarded as bytes. Pure functions over bytes; no I/O.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 PROTOCOL_V3 = 196608  # 3.0
 SSL_REQUEST = 80877103
@@ -259,6 +259,80 @@ def decode_parameter_status(body: bytes) -> tuple[str, str]:
 
 def decode_int32(body: bytes, pos: int = 0) -> int:
     return _I32.unpack_from(body, pos)[0]
+
+
+def decode_bind(region: bytes, start: int, end: int
+                ) -> tuple[str, str, list[str | bytes | None], int]:
+    """A Bind body: (portal, statement, parameter values, position of the result formats).
+
+    Values come as the client sent them: ``str`` for text format (UTF-8), ``bytes`` for
+    binary format, ``None`` for NULL. Raises ValueError/struct.error on a malformed body."""
+    portal, pos = read_cstr(region, start)
+    stmt, pos = read_cstr(region, pos)
+    (nformats,) = _I16.unpack_from(region, pos)
+    pos += 2
+    formats = struct.unpack_from(f"!{nformats}h", region, pos) if nformats else ()
+    pos += 2 * nformats
+    (nparams,) = _I16.unpack_from(region, pos)
+    pos += 2
+    values: list[str | bytes | None] = []
+    for i in range(nparams):
+        (length,) = _I32.unpack_from(region, pos)
+        pos += 4
+        if length < 0:
+            values.append(None)
+            continue
+        raw = region[pos:pos + length]
+        pos += length
+        binary = (formats[0] if nformats == 1 else formats[i] if nformats else 0) == 1
+        values.append(raw if binary else raw.decode("utf-8", "surrogateescape"))
+    if pos > end:
+        raise ValueError("Bind message too short")
+    return portal, stmt, values, pos
+
+
+def rebind(region: bytes, start: int, end: int, keep: Sequence[int], statement: str) -> bytes:
+    """A Bind body for `statement` carrying only the parameters at `keep` (in that order),
+    each with its own format code; the portal and result formats stay the client's."""
+    portal, pos = read_cstr(region, start)
+    _, pos = read_cstr(region, pos)
+    (nformats,) = _I16.unpack_from(region, pos)
+    pos += 2
+    formats = struct.unpack_from(f"!{nformats}h", region, pos) if nformats else ()
+    pos += 2 * nformats
+    (nparams,) = _I16.unpack_from(region, pos)
+    pos += 2
+    raw: list[bytes] = []
+    for _ in range(nparams):
+        (length,) = _I32.unpack_from(region, pos)
+        size = 4 + max(length, 0)
+        raw.append(region[pos:pos + size])
+        pos += size
+    fmt = [formats[0] if nformats == 1 else formats[i] if nformats else 0 for i in keep]
+    return (cstr(portal) + cstr(statement) + _I16.pack(len(keep))
+            + struct.pack(f"!{len(keep)}h", *fmt) + _I16.pack(len(keep))
+            + b"".join(raw[i] for i in keep) + region[pos:end])
+
+
+def bind_result_binary(body: bytes) -> bool:
+    """Whether a Bind body asks for the (first) result column in binary format."""
+    _, pos = read_cstr(body, 0)
+    _, pos = read_cstr(body, pos)
+    (nformats,) = _I16.unpack_from(body, pos)
+    pos += 2 + 2 * nformats
+    (nparams,) = _I16.unpack_from(body, pos)
+    pos += 2
+    for _ in range(nparams):
+        (length,) = _I32.unpack_from(body, pos)
+        pos += 4 + max(length, 0)
+    (nresults,) = _I16.unpack_from(body, pos)
+    return nresults > 0 and _I16.unpack_from(body, pos + 2)[0] == 1
+
+
+def execute_max_rows(region: bytes, start: int, end: int) -> int:
+    """The row limit of an Execute message (0: all rows)."""
+    _, pos = read_cstr(region, start)
+    return decode_int32(region, pos) if pos + 4 <= end else 0
 
 
 def decode_key_data(body: bytes) -> tuple[int, int]:

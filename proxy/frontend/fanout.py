@@ -1,0 +1,741 @@
+"""Statements that run on several shards at once, for one client session.
+
+The session's single-shard path relays frames through callbacks; a statement whose route
+names several shards runs here instead, as a task, with the client's socket paused: the
+session borrows (or reuses, inside a transaction) a server per shard, detaches them, brings
+each up to the session (settings, the open transaction), sends the statement and merges the
+answers with :func:`proxy.exec.scatter.gather`. Used for reads that need no merge (rows of
+each shard in turn), plain ``count(*)`` sums, writes to reference tables, DDL broadcast,
+multi-row INSERTs split per shard, COPY in both directions, and the end of a transaction
+that spans shards.
+
+Outside a transaction, a data-changing statement on several shards is wrapped in
+BEGIN/COMMIT on each shard and rolled back everywhere if any shard fails, so only the
+final COMMITs can leave it partly applied (two-phase commit closes that gap later).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
+
+from proxy.backend.connection import ServerConnection
+from proxy.errors import FeatureNotSupported, InternalError, ProtocolViolation, ShardwireError
+from proxy.exec.scatter import HIDDEN, RowCombiner, Step, gather
+from proxy.frontend.routing import in_order, sum_counts, sum_counts_binary
+from proxy.frontend.settings import parse_tracked, sync_sql
+from proxy.frontend.statements import split_statements
+from proxy.sql.copy import CopySplitter, column_order_sql, key_index_of
+from proxy.sql.route import Route
+from proxy.wire import messages as m
+from proxy.wire.framing import Frame
+
+if TYPE_CHECKING:
+    from proxy.backend.pool import Pool
+    from proxy.frontend.session import ClientSession
+
+log = logging.getLogger("shardwire.fanout")
+
+Held = list[tuple[ServerConnection, "Pool"]]
+_WRAPPED_WRITES = frozenset({"insert", "update", "delete", "merge", "copy"})
+_BATCH_TYPES = frozenset({m.BIND, m.DESCRIBE, m.EXECUTE, m.CLOSE, m.FLUSH, m.SYNC})
+
+
+# ---------------------------------------------------------------------- entry points
+async def statement(session: ClientSession, route: Route, sql: str, region: bytes,
+                    frames: list[Frame], index: int, simple: bool) -> None:
+    """Run the statement of frame `index` (a Query, or a Bind up to its Sync) on
+    `route.shards` and answer the client with one merged response."""
+    resume = index + 1
+    simple_answer = simple
+    if not simple:
+        batch = _extended_batch(session, route, region, frames, index)
+        if isinstance(batch, ShardwireError):
+            session._busy = False
+            session.reject(batch, simple=False)
+            session.process(region, frames, resume)
+            session._after_async()
+            return
+        resume = index + len(batch)
+
+    async def body(servers: Held) -> bool:
+        if not simple:
+            await _extended(session, servers, batch)
+            return False
+        if route.statement_type == "copy" and route.is_write:
+            return await _copy_in(session, route, sql, servers, region, frames, resume)
+        await _query(session, route, sql, servers)
+        return False
+
+    await _run(session, route.shards, body, region, frames, resume, simple_answer)
+
+
+async def end_transaction(session: ClientSession, parts: list[ServerConnection], sql: str,
+                          verb: str, region: bytes, frames: list[Frame], index: int, *,
+                          shape: list[int] | None = None, implicit: bool = False) -> None:
+    """COMMIT or ROLLBACK a transaction with several participants.
+
+    A COMMIT of a failed transaction rolls back everywhere (Postgres answers it with
+    ROLLBACK). Participants commit one after another: not atomic until two-phase commit.
+    `shape`: the statement came as extended-protocol messages (their types, Bind through
+    Sync), answered in kind. `implicit`: the client's Sync of a batch spread over shards;
+    only its ReadyForQuery (and any error) is the client's."""
+    if implicit:
+        sql = "COMMIT"
+
+    async def body(servers: Held) -> bool:
+        failed = any(server.status == b"E" for server, _ in servers)
+        text = sql if verb == "commit" and not failed else "ROLLBACK"
+        had_pending = bool(session.pending)
+        tags: list[bytes] = []
+        error: bytes | None = None
+        for server, _ in servers:  # one after another: stop committing at a failure
+            answer = await _run_query(server, text if error is None else "ROLLBACK")
+            if answer.error is not None and error is None:
+                error = _shard_error_bytes(answer.error, server.shard)
+            elif answer.error is None and answer.tag is not None and error is None:
+                tags.append(answer.tag)
+            for notice in answer.notices:
+                session.write(notice)
+        if implicit:
+            session.implicit_txn = False
+            if error is not None:
+                session.write(error)
+        else:
+            _answer(session, shape, error, tags[0] if tags else None)
+        if text == sql and error is None:
+            session._commit_settings()
+        else:
+            session.pending.clear()
+        session.savepoints.clear()
+        session.begin_sql = None
+        if had_pending:  # SETs of this transaction ran on some of them: resync next time
+            for server, _ in servers:
+                server.settings.clear()
+                server.params.clear()
+        return False
+
+    held = [(server, session.held[server.shard][1]) for server in parts]
+    await _run(session, [s.shard for s in parts], body, region, frames,
+               index + (len(shape) if shape else 1), True, servers=held)
+
+
+async def on_participants(session: ClientSession, parts: list[ServerConnection], sql: str,
+                          region: bytes, frames: list[Frame], index: int, *,
+                          shape: list[int] | None = None) -> None:
+    """SAVEPOINT / RELEASE / ROLLBACK TO on every participant of the transaction."""
+
+    async def body(servers: Held) -> bool:
+        error: bytes | None = None
+        tag: bytes | None = None
+        for server, _ in servers:
+            answer = await _run_query(server, sql)
+            if answer.error is not None and error is None:
+                error = _shard_error_bytes(answer.error, server.shard)
+            tag = tag or answer.tag
+        _answer(session, shape, error, tag)
+        if error is None and tag is not None:
+            changes = deque(c for c in map(parse_tracked, split_statements(sql))
+                            if c is not None)
+            session._on_command_complete(tag, changes)
+        return False
+
+    held = [(server, session.held[server.shard][1]) for server in parts]
+    await _run(session, [s.shard for s in parts], body, region, frames,
+               index + (len(shape) if shape else 1), True, servers=held)
+
+
+def extended_shape(region: bytes, frames: list[Frame], index: int) -> list[int] | ShardwireError:
+    """The message types from the Bind at `index` through the next Sync, for a transaction
+    command the proxy runs on several shards and answers itself."""
+    shape: list[int] = []
+    for i in range(index, len(frames)):
+        mtype, start, _ = frames[i]
+        if mtype not in _BATCH_TYPES or (mtype == m.BIND and i != index) or (
+                (mtype == m.DESCRIBE or mtype == m.CLOSE) and region[start] == ord("S")):
+            break
+        shape.append(mtype)
+        if mtype == m.SYNC:
+            return shape
+    return FeatureNotSupported(
+        "a transaction command for several shards must arrive with its Execute and Sync, "
+        "with no other statement in between")
+
+
+def _answer(session: ClientSession, shape: list[int] | None, error: bytes | None,
+            tag: bytes | None) -> None:
+    """Answer a command the proxy ran itself: its CommandComplete (or error), preceded in
+    the extended protocol by what the client's Bind and Describe expect."""
+    if shape is not None:
+        for mtype in shape:
+            if mtype == m.BIND:
+                session.write(m.BIND_COMPLETE_MSG)
+            elif mtype == m.DESCRIBE:
+                session.write(m.NO_DATA_MSG)
+            elif mtype == m.EXECUTE:
+                break
+    if error is not None:
+        session.write(error)
+    elif tag is not None:
+        session.write(m.message(m.COMMAND_COMPLETE, tag + b"\x00"))
+
+
+# ---------------------------------------------------------------------- the task frame
+async def _run(session: ClientSession, shards: Sequence[str],
+               body: Callable[[Held], Awaitable[bool]], region: bytes, frames: list[Frame],
+               resume: int, simple: bool, servers: Held | None = None) -> None:
+    """Borrow the servers, run `body`, answer errors, give the servers back (unless `body`
+    handed them to a COPY in progress), then go on with the client's next frames."""
+    kept = broken = False
+    try:
+        if servers is None:
+            servers = await _borrow(session, shards)
+        else:
+            _detach(session, servers)
+        await _bring_up(session, servers)
+        kept = await body(servers)
+    except ShardwireError as exc:  # raised once the servers' answers were read
+        session.send_error(exc)
+        if not simple:
+            session.skipping = True
+    except Exception as exc:  # a lost shard or a bug: what the servers still owe is unknown
+        broken = True
+        if servers is not None:
+            _give_back(session, servers, broken=True)
+        session._end_with(InternalError(
+            f"cross-shard statement failed: {type(exc).__name__}: {exc}"))
+    finally:
+        if not kept and not broken and servers is not None:
+            _give_back(session, servers)
+    if not kept and not session.closed:
+        if simple:
+            session.write(m.ready_for_query(session.client_status()))
+    session._busy = False
+    if session.closed:
+        return
+    try:
+        session.process(region, frames, resume)
+    except Exception as exc:
+        session._end_with(exc)
+    session._after_async()
+
+
+async def _borrow(session: ClientSession, shards: Sequence[str]) -> Held:
+    servers: Held = []
+    for shard in shards:
+        held = session.held.get(shard)
+        if held is None:
+            pool = session.proxy.pool_for(shard, session.user)
+            while True:
+                server = await pool.acquire()
+                if not server.closed:
+                    break
+                pool.release(server, reusable=False)
+            held = (server, pool)
+            if session.closed:
+                pool.release(server)
+                raise ShardwireError("client went away", sqlstate="08006")
+            session.held[shard] = held
+        servers.append(held)
+    _detach(session, servers)
+    return servers
+
+
+def _detach(session: ClientSession, servers: Held) -> None:
+    session.server = None
+    session.pool = None
+    session.fanout_servers = [server for server, _ in servers]
+    for server, _ in servers:
+        server.sink = None
+
+
+async def _bring_up(session: ClientSession, servers: Held) -> None:
+    """Apply the session's settings and open its transaction on servers that lack them."""
+    in_txn = session.in_transaction()
+    for server, _ in servers:
+        sql = sync_sql(session.params, server.params, session.settings, server.settings)
+        if sql:
+            server.settings = dict(session.settings)
+            answer = await _run_query(server, sql)
+            if answer.error is not None:
+                server.settings.clear()
+                server.params.clear()
+                raise ShardwireError(
+                    f'could not apply this session\'s settings on shard "{server.shard}": '
+                    f"{m.decode_fields(answer.error[5:]).get('M', 'error')}", sqlstate="08006")
+        if in_txn and server.status == b"I":
+            replay = [session.begin_sql or "BEGIN"]
+            replay += ['SAVEPOINT "' + name.replace('"', '""') + '"'
+                       for name, _ in session.savepoints]
+            answer = await _run_query(server, ";".join(replay))
+            if answer.error is not None:
+                raise _shard_error(answer.error, server.shard)
+    session.deferred_begin = False
+
+
+def _give_back(session: ClientSession, servers: Held, *, broken: bool = False) -> None:
+    """After the statement: idle servers go back to their pools (transaction mode),
+    participants of an open transaction stay held. `broken`: the servers may still owe
+    answers (or the client left): none is reused."""
+    session.fanout_servers = []
+    for server, pool in servers:
+        shard = server.shard
+        server.flow = None
+        held = session.held.get(shard)
+        if broken or session.closed or server.closed:
+            if held is not None and held[0] is server:
+                del session.held[shard]
+            clean = (not broken and not server.closed and server.status == b"I"
+                     and not server.pending_frames())
+            if clean and not session.transaction_mode:
+                session.proxy.spawn(session.proxy.reset_and_release(pool, server))
+            else:
+                pool.release(server, reusable=clean)
+            continue
+        if session.transaction_mode and server.status == b"I":
+            session.held.pop(shard, None)
+            pool.release(server)
+        else:
+            server.sink = session
+
+
+# ---------------------------------------------------------------------- simple queries
+async def _query(session: ClientSession, route: Route, sql: str, servers: Held) -> None:
+    """One simple-query statement on every server (its own rewrite where split)."""
+    wrap = (route.is_write and route.statement_type in _WRAPPED_WRITES
+            and not session.in_transaction())
+    conns = [server for server, _ in servers]
+    if wrap:
+        for server in conns:
+            answer = await _run_query(server, "BEGIN")
+            if answer.error is not None:
+                raise _shard_error(answer.error, server.shard)
+    texts = dict(route.rewrites) if route.rewrites else {}
+    for server in conns:
+        server.send(m.query(texts.get(server.shard, sql)))
+    combine: RowCombiner | None = None
+    if route.needs_merge:
+        combine = sum_counts
+    elif route.rewrites and route.rewrite_rows:
+        combine = in_order(route.rewrite_rows)  # type: ignore[assignment]
+    header = bool(route.copy_options and route.copy_options.header)
+    steps: list[Step] = [(m.QUERY, tuple(range(len(conns))))]
+    result = await gather(conns, steps, session.write, forward_ready=False, combine=combine,
+                          copy_header=header and route.statement_type == "copy",
+                          replicas=_replicas(session, route))
+    if wrap:
+        await _finish_wrapped(session, conns, failed=result.error is not None)
+
+
+async def _finish_wrapped(session: ClientSession, conns: Sequence[ServerConnection], *,
+                          failed: bool) -> None:
+    """COMMIT (or ROLLBACK after a failure) the BEGIN a cross-shard write was wrapped in."""
+    error: bytes | None = None
+    for server in conns:
+        text = "ROLLBACK" if failed or error is not None else "COMMIT"
+        answer = await _run_query(server, text)
+        if answer.error is not None and error is None:
+            error = _shard_error_bytes(answer.error, server.shard)
+        elif text == "COMMIT" and answer.tag == b"ROLLBACK" and error is None:
+            error = m.error_response("ERROR", "40000", f'shard "{server.shard}" rolled back '
+                                     "its part of a cross-shard write at COMMIT")
+    if error is not None:
+        session.write(error)
+
+
+# ---------------------------------------------------------------------- extended protocol
+class Batch:
+    """The client's messages from a Bind through its Sync, ready for each shard."""
+
+    __slots__ = ("limit", "messages", "rewrites", "route")
+
+    def __init__(self, route: Route, messages: list[tuple[int, bytes]],
+                 rewrites: dict[str, bytes] | None, limit: int) -> None:
+        self.route = route
+        self.limit = limit  # the Execute's row limit (0: all rows)
+        self.messages = messages  # (type, body); the Bind first, the Sync last
+        self.rewrites = rewrites  # shard -> Parse + Bind of its part of a split INSERT
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+
+def _extended_batch(session: ClientSession, route: Route, region: bytes,
+                    frames: list[Frame], index: int) -> Batch | ShardwireError:
+    """The client's messages from the Bind at `index` through its Sync, renamed for the
+    servers; an error when the batch cannot be fanned out."""
+    out: list[tuple[int, bytes]] = []
+    rewrites: dict[str, bytes] | None = None
+    limit = 0
+    for i in range(index, len(frames)):
+        mtype, start, end = frames[i]
+        if mtype not in _BATCH_TYPES or (mtype == m.BIND and i != index):
+            return FeatureNotSupported(
+                "a statement for several shards must be followed by its Describe/Execute "
+                "and a Sync, with no other statement in between")
+        if mtype == m.BIND:
+            portal, pos = m.read_cstr(region, start)
+            name, pos = m.read_cstr(region, pos)
+            stmt = session.stmts.get(name)
+            server_name = "" if stmt is None or name == "" else stmt.server_name
+            out.append((mtype, m.cstr(portal) + m.cstr(server_name) + region[pos:end]))
+            if route.rewrites and stmt is not None:
+                rewrites = _rewritten(route, stmt.param_types, region, start, end)
+            continue
+        if mtype == m.EXECUTE and (limit := m.execute_max_rows(region, start, end)) != 0:
+            # fetchrow-style: all rows are run, the first `limit` relayed, the unnamed
+            # portal ends at the Sync. A named portal is a cursor that would go on.
+            if region[start] != 0:
+                return FeatureNotSupported(
+                    "a cursor (a portal fetched a limited number of rows at a time) over "
+                    "a statement that reads several shards is not supported yet",
+                    hint="fetch all rows at once (no fetch size / cursor), or add the shard "
+                         "key")
+            portal_end = region.index(b"\x00", start) + 1
+            out.append((mtype, region[start:portal_end] + b"\x00\x00\x00\x00"))
+            continue
+        if (mtype == m.DESCRIBE or mtype == m.CLOSE) and region[start] == ord("S"):
+            return FeatureNotSupported(
+                "Describe/Close of a statement inside a batch for several shards is not "
+                "supported")
+        out.append((mtype, region[start:end]))
+        if mtype == m.SYNC:
+            return Batch(route, out, rewrites, limit)
+    return FeatureNotSupported(
+        "a statement for several shards must arrive together with its Sync",
+        hint="send Bind, Execute and Sync in one write (libpq, JDBC and most drivers do)")
+
+
+def _rewritten(route: Route, types: Sequence[int], region: bytes, start: int,
+               end: int) -> dict[str, bytes]:
+    """Per shard: an unnamed Parse of its rewritten INSERT and a Bind with its parameters."""
+    assert route.rewrites is not None and route.rewrite_params is not None
+    out: dict[str, bytes] = {}
+    for (shard, sql), keep in zip(route.rewrites, route.rewrite_params, strict=True):
+        oids = [types[i] if i < len(types) else 0 for i in keep]
+        parse = m.message(m.PARSE, m.cstr("") + m.cstr(sql) + len(oids).to_bytes(2, "big")
+                          + b"".join(oid.to_bytes(4, "big") for oid in oids))
+        out[shard] = parse + m.message(m.BIND, m.rebind(region, start, end, keep, ""))
+    return out
+
+
+async def _extended(session: ClientSession, servers: Held, batch: Batch) -> None:
+    conns = [server for server, _ in servers]
+    messages = batch.messages
+    every = tuple(range(len(conns)))
+    steps: list[Step] = []
+    rest = b"".join(m.message(mtype, body) for mtype, body in messages[1:])
+    if batch.rewrites is not None:
+        steps.append((m.PARSE | HIDDEN, every))
+        for server in conns:
+            server.unnamed = None
+            server.send(batch.rewrites[server.shard] + rest)
+    else:
+        _, bind = messages[0]
+        portal_end = bind.index(b"\x00") + 1
+        stmt_name = bind[portal_end:bind.index(b"\x00", portal_end)].decode()
+        for server in conns:
+            await _prepare(session, server, stmt_name)
+        payload = m.message(m.BIND, bind) + rest
+        for server in conns:
+            server.send(payload)
+    steps.extend((mtype, every) for mtype, _ in messages)
+    combine: RowCombiner | None = None
+    if batch.route.needs_merge:
+        combine = sum_counts_binary if m.bind_result_binary(messages[0][1]) else sum_counts
+    elif batch.rewrites is not None and batch.route.rewrite_rows:
+        combine = in_order(batch.route.rewrite_rows)  # type: ignore[assignment]
+    await gather(conns, steps, session.write, forward_ready=True, combine=combine,
+                 replicas=_replicas(session, batch.route), limit=batch.limit)
+    session.batch_open = session.batch_executed = False
+    session.skipping = False
+
+
+async def _prepare(session: ClientSession, server: ServerConnection, server_name: str) -> None:
+    """Make sure `server` holds the statement the Bind names (Parse, then Sync)."""
+    if server_name == "":
+        body = session.unnamed_body
+        if server.unnamed == body:
+            return
+        parse = m.message(m.PARSE, body)
+    else:
+        if server_name in server.prepared:
+            return
+        stmt = next((s for s in session.stmts.values() if s.server_name == server_name), None)
+        if stmt is None:
+            return  # Postgres reports the missing statement at Bind
+        parse = m.message(m.PARSE, stmt.parse_body)
+    server.send(parse + m.SYNC_MSG)
+    error: bytes | None = None
+    while True:
+        mtype, body = await server.recv()
+        if mtype == m.ERROR_RESPONSE:
+            error = m.message(mtype, body)
+        elif mtype == m.READY_FOR_QUERY:
+            server.status = body[:1]
+            break
+    if error is not None:
+        raise _shard_error(error, server.shard)
+    if server_name == "":
+        server.unnamed = session.unnamed_body
+    else:
+        server.prepared[server_name] = None
+
+
+# ---------------------------------------------------------------------- COPY FROM STDIN
+async def _copy_in(session: ClientSession, route: Route, sql: str, servers: Held,
+                   region: bytes, frames: list[Frame], resume: int) -> bool:
+    """Start COPY on every shard; the client's rows then flow through :class:`CopyIn`."""
+    conns = [server for server, _ in servers]
+    wrap = not session.in_transaction()
+    if wrap:
+        for server in conns:
+            answer = await _run_query(server, "BEGIN")
+            if answer.error is not None:
+                raise _shard_error(answer.error, server.shard)
+    splitter: CopySplitter | None = None
+    split = route.copy_split
+    if split is not None:
+        key_index = split.key_index
+        if key_index is None:
+            answer = await _run_query(conns[0], column_order_sql(split.table))
+            if answer.error is not None:
+                await _abort_wrapped(conns, wrap)
+                raise _shard_error(answer.error, conns[0].shard)
+            key_index = key_index_of(answer.column(0), split.key_column)
+        planner = session.planner
+        assert planner is not None
+        router = planner.router
+        shard_of = router.key_shard_function(router.dists[split.table])
+        splitter = CopySplitter(split.options, key_index, shard_of, router.shards)
+    first: bytes | None = None
+    error: bytes | None = None
+    started: list[ServerConnection] = []
+    for server in conns:
+        server.send(m.query(sql))
+        while True:
+            mtype, body = await server.recv()
+            if mtype == m.COPY_IN_RESPONSE:
+                started.append(server)
+                first = first or m.message(mtype, body)
+                break
+            if mtype == m.ERROR_RESPONSE:
+                error = error or _shard_error_bytes(m.message(mtype, body), server.shard)
+            elif mtype == m.READY_FOR_QUERY:
+                server.status = body[:1]
+                break
+            elif mtype == m.NOTICE_RESPONSE:
+                session.write(m.message(mtype, body))
+        if error is not None:
+            break
+    if error is not None or first is None:
+        for server in started:
+            server.send(m.message(m.COPY_FAIL, m.cstr("COPY failed on another shard")))
+            await _run_until_ready(server)
+        await _abort_wrapped(conns, wrap)
+        session.write(error or m.error_response("ERROR", "XX000", "COPY did not start"))
+        return False
+    for server in conns:
+        server.flow = session
+    session.copy = CopyIn(session, servers, splitter, wrap, region, frames, resume)
+    session.write(first)
+    return True
+
+
+class CopyIn:
+    """A COPY FROM STDIN in progress on several shards: the session hands it the client's
+    CopyData/CopyDone/CopyFail; rows go to their shard (or, for a reference table, to
+    every shard)."""
+
+    def __init__(self, session: ClientSession, servers: Held, splitter: CopySplitter | None,
+                 wrap: bool, region: bytes, frames: list[Frame], resume: int) -> None:
+        self.session = session
+        self.servers = servers
+        self.by_shard = {server.shard: server for server, _ in servers}
+        self.splitter = splitter
+        self.wrap = wrap
+        self.error: ShardwireError | None = None
+
+    def client_frame(self, mtype: int, region: bytes, start: int, end: int,
+                     frames: list[Frame], index: int) -> bool:
+        """Take one client frame during the COPY; True if it was consumed here."""
+        if mtype == m.COPY_DATA:
+            if self.error is None:
+                self._data(region, start, end)
+            return True
+        if mtype == m.FLUSH or mtype == m.SYNC:
+            return True  # ignored during COPY, as Postgres does
+        if mtype == m.COPY_DONE:
+            if self.error is None and self.splitter is not None:
+                try:
+                    self._send(self.splitter.finish())
+                except ShardwireError as exc:
+                    self._fail(exc)
+            if self.error is None:
+                for server, _ in self.servers:
+                    server.send(m.message(m.COPY_DONE))
+        elif mtype == m.COPY_FAIL:
+            if self.error is None:
+                for server, _ in self.servers:
+                    server.send(region[start - 5:end])
+        else:
+            self._fail(ProtocolViolation(
+                f"unexpected message type 0x{mtype:02X} during COPY from stdin"))
+        session = self.session
+        session.go_async(self._complete(region, frames, index))
+        return True
+
+    def _data(self, region: bytes, start: int, end: int) -> None:
+        if self.splitter is None:  # a reference table: every shard gets every row
+            frame = region[start - 5:end]
+            for server, _ in self.servers:
+                server.send(frame)
+            return
+        try:
+            self._send(self.splitter.feed(region[start:end]))
+        except ShardwireError as exc:
+            self._fail(exc)
+
+    def _send(self, parts: list[tuple[str, bytes]]) -> None:
+        by_shard = self.by_shard
+        for shard, data in parts:
+            server = by_shard.get(shard)
+            if server is None:  # the header line goes to every shard of the COPY
+                continue
+            server.send(m.message(m.COPY_DATA, data))
+
+    def _fail(self, exc: ShardwireError) -> None:
+        self.error = exc
+        for server, _ in self.servers:
+            server.send(m.message(m.COPY_FAIL, m.cstr(exc.message)))
+
+    async def _complete(self, region: bytes, frames: list[Frame], index: int) -> None:
+        session = self.session
+        conns = [server for server, _ in self.servers]
+        ours = self.error
+
+        def write(data: bytes) -> None:
+            if ours is None:
+                session.write(data)
+
+        try:
+            result = await gather(conns, [(m.QUERY, tuple(range(len(conns))))], write,
+                                  forward_ready=False, replicas=self.splitter is None)
+            failed = ours is not None or result.error is not None
+            if ours is not None:
+                session.send_error(ours)
+            if self.wrap:
+                await _finish_wrapped(session, conns, failed=failed)
+        except Exception as exc:
+            session.copy = None
+            _give_back(session, self.servers, broken=True)
+            session._end_with(InternalError(f"COPY failed: {type(exc).__name__}: {exc}"))
+            return
+        session.copy = None
+        _give_back(session, self.servers)
+        if not session.closed:
+            session.write(m.ready_for_query(session.client_status()))
+        session._busy = False
+        if session.closed:
+            return
+        try:
+            session.process(region, frames, index)
+        except Exception as exc:
+            session._end_with(exc)
+        session._after_async()
+
+    def abandon(self) -> None:
+        """The client went away mid-COPY: stop it on every shard."""
+        for server, pool in self.servers:
+            server.send(m.message(m.COPY_FAIL, m.cstr("client disconnected")))
+            server.flow = None
+            pool.release(server, reusable=False)
+
+
+# ---------------------------------------------------------------------- small helpers
+def _replicas(session: ClientSession, route: Route) -> bool:
+    """A write to reference tables only: every shard holds the same rows, so the answer
+    is one shard's (Postgres would report the rows of one table)."""
+    if not route.is_write or not route.tables:
+        return False
+    config = session.proxy.config
+    return all((t := config.table(name)) is not None and t.is_reference
+               for name in route.tables)
+
+
+
+class Answer:
+    """A detached simple query's answer: tag, rows, first error, notices."""
+
+    __slots__ = ("error", "notices", "rows", "tag")
+
+    def __init__(self) -> None:
+        self.tag: bytes | None = None
+        self.error: bytes | None = None
+        self.rows: list[bytes] = []
+        self.notices: list[bytes] = []
+
+    def column(self, index: int) -> list[str]:
+        """The text values of one column of the rows."""
+        out = []
+        for row in self.rows:
+            pos = 2
+            value = b""
+            for _ in range(index + 1):
+                length = int.from_bytes(row[pos:pos + 4], "big", signed=True)
+                pos += 4
+                value = row[pos:pos + max(length, 0)]
+                pos += max(length, 0)
+            out.append(value.decode())
+        return out
+
+
+async def _run_query(server: ServerConnection, sql: str) -> Answer:
+    server.send(m.query(sql))
+    return await _run_until_ready(server)
+
+
+async def _run_until_ready(server: ServerConnection) -> Answer:
+    answer = Answer()
+    while True:
+        mtype, body = await server.recv()
+        if mtype == m.READY_FOR_QUERY:
+            server.status = body[:1]
+            return answer
+        if mtype == m.COMMAND_COMPLETE:
+            answer.tag = body[:-1]
+        elif mtype == m.DATA_ROW:
+            answer.rows.append(body)
+        elif mtype == m.ERROR_RESPONSE:
+            answer.error = answer.error or m.message(mtype, body)
+        elif mtype == m.NOTICE_RESPONSE:
+            answer.notices.append(m.message(mtype, body))
+        elif mtype == m.PARAMETER_STATUS:
+            name, value = m.decode_parameter_status(body)
+            server.params[name] = value
+
+
+async def _abort_wrapped(conns: Sequence[ServerConnection], wrap: bool) -> None:
+    if wrap:
+        for server in conns:
+            if server.status != b"I":
+                await _run_query(server, "ROLLBACK")
+
+
+def _shard_error_bytes(error: bytes, shard: str) -> bytes:
+    """A shard's ErrorResponse message with the shard named in its detail."""
+    fields = m.decode_fields(error[5:])
+    where = f'on shard "{shard}"'
+    fields["D"] = f"{fields['D']} ({where})" if fields.get("D") else f"error {where}"
+    body = b"".join(code.encode() + m.cstr(value) for code, value in fields.items()) + b"\x00"
+    return m.message(m.ERROR_RESPONSE, body)
+
+
+def _shard_error(error: bytes, shard: str) -> ShardwireError:
+    fields = m.decode_fields(error[5:])
+    where = f'on shard "{shard}"'
+    detail = f"{fields['D']} ({where})" if fields.get("D") else f"error {where}"
+    return ShardwireError(fields.get("M", "error"), sqlstate=fields.get("C", "XX000"),
+                          detail=detail, hint=fields.get("H"))
