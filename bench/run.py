@@ -4,12 +4,17 @@
     .venv/bin/python bench/run.py [--duration 10] [--clients 8] [--profile] [--write-results]
 
 1. starts a throwaway Postgres (proxy.localpg.LocalPostgres), creates `app`, runs
-   `pgbench -i -s 10` against it directly;
-2. starts PgBouncer (if installed) and shardwire in front of it, both in transaction
-   pooling mode with 20 server connections and trust authentication;
-3. runs `pgbench -S -c 8 -j 2 -T 10 -n` for each query mode (simple, prepared, extended)
-   and each target (direct, pgbouncer, shardwire), interleaved;
-4. prints a markdown table (TPS, mean latency, ratios, the pooler's CPU use);
+   `pgbench -i -s 10` against it directly; for the 2-shard target a second one, loaded the
+   same way (each shard holds the whole data set);
+2. starts PgBouncer (if installed) and shardwire in front of the first, both in transaction
+   pooling mode with 20 server connections and trust authentication, and a second
+   shardwire with a 2-shard topology (pgbench's tables sharded by key) over both servers;
+3. runs pgbench's select-only transaction (`-S`, as an equivalent `-f` script by default),
+   `-c 8 -j 2 -T 10 -n`, for each query mode (simple, prepared, extended) and each target
+   (direct, pgbouncer, shardwire, shardwire-2shards), interleaved;
+4. prints a markdown table (TPS, mean latency, ratios, the pooler's CPU use), the routing
+   cost (2 shards vs 1 shard, against the 5% budget) and the planner's cost per statement
+   (bench/planner_cost.py);
 5. --profile: profiles shardwire (perf, py-spy, cProfile: one `-S -M simple` run each);
 6. --write-results: records the run as a dated section of bench/RESULTS.md.
 
@@ -40,11 +45,14 @@ from swbench import machine, pgbench, procs, profiling, report
 from swbench.pgbench import Result, Target
 from swbench.procs import REPO, BenchError, Managed, PgBouncerInfo
 
-from proxy.localpg import LocalPostgres
+from proxy.localpg import LocalPostgres, find_bindir
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS = BENCH_DIR / "RESULTS.md"
-TARGETS = ("direct", "pgbouncer", "shardwire")
+SHARDWIRE = "shardwire"  # one shard, nothing sharded: the baseline of the routing cost
+SHARDWIRE2 = "shardwire-2shards"  # two shards, pgbench's tables sharded by key
+TARGETS = ("direct", "pgbouncer", SHARDWIRE, SHARDWIRE2)
+ROUTING_BUDGET = 0.05  # routing may cost at most 5% of the 1-shard TPS
 MODES = ("simple", "prepared", "extended")
 PROFILERS = ("perf", "py-spy", "cprofile")
 PGBOUNCER_INSTALL = "apt-get install pgbouncer  (Debian/Ubuntu; macOS: brew install pgbouncer)"
@@ -78,6 +86,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "unavailable ones are skipped, and cprofile stands in for a failed "
                         "py-spy")
     p.add_argument("--top", type=int, default=25, help="functions listed per profile table")
+    p.add_argument("--builtin-script", action="store_true",
+                   help="run pgbench's built-in -S instead of the equivalent -f script; "
+                        "pgbench then starts with `select count(*) from pgbench_branches`, "
+                        "a cross-shard aggregate through the 2-shard target (see README)")
+    p.add_argument("--planner-iterations", type=int, default=20000,
+                   help="statements per timed batch in the planner microbenchmark "
+                        "(bench/planner_cost.py; 0: skip it)")
     p.add_argument("--write-results", action="store_true",
                    help=f"write a dated section to {RESULTS.relative_to(REPO)}")
     p.add_argument("--results-file", type=Path, default=RESULTS, help=argparse.SUPPRESS)
@@ -115,14 +130,21 @@ class Bench:
     args: argparse.Namespace
     workdir: Path
     pg: LocalPostgres | None = None
+    pg2: LocalPostgres | None = None  # the second shard of the 2-shard target
     pgbench_bin: Path = Path("pgbench")
     psql_bin: Path = Path("psql")
     bouncer: PgBouncerInfo | None = None
     targets: list[Target] = field(default_factory=list)
     shardwire: Managed | None = None
+    shardwire2: Managed | None = None
     notes: dict[tuple[str, str], str] = field(default_factory=dict)
     general_notes: list[str] = field(default_factory=list)
     profile_md: list[str] = field(default_factory=list)
+    planner_md: str = ""
+    shard_split: str = ""
+    script: Path | None = None  # the -f script standing in for -S (None: built-in -S)
+    # pgbench transactions each target ran (warm-up included), for the shard split
+    sent: dict[str, int] = field(default_factory=dict)
     src: Path = Path()  # the snapshot of proxy/ every shardwire of this run imports
     src_hash: str = ""
 
@@ -133,11 +155,12 @@ class Bench:
         say(f"shardwire code: proxy/ from {what} (sha256 {self.src_hash}) copied to {self.src}")
 
     # ------------------------------------------------------------------ setup
-    def start_postgres(self, stack: contextlib.ExitStack) -> None:
+    def _postgres(self, stack: contextlib.ExitStack, name: str) -> LocalPostgres:
+        """Start one throwaway Postgres with database `app` loaded by `pgbench -i`."""
         pg = LocalPostgres(
-            self.workdir, "pg", auth="trust",
+            self.workdir, name, auth="trust",
             settings={
-                # All three paths share this server, so durability settings cancel out;
+                # All paths share these settings, so durability settings cancel out;
                 # the data set (scale 10, ~160 MB) fits in shared_buffers.
                 "fsync": "off",
                 "synchronous_commit": "off",
@@ -147,8 +170,20 @@ class Bench:
                 "log_min_messages": "warning",
             })
         stack.callback(pg.destroy)
-        self.pg = pg
-        pgbench_bin = pg.bindir / "pgbench"
+        say(f"starting Postgres {name} ({pg.bindir}) in {pg.cluster_dir}")
+        pg.start()
+        pg.create_database("app")
+        say(f"pgbench -i -s {self.args.scale} (directly against Postgres {name} on port "
+            f"{pg.port})")
+        started = time.monotonic()
+        pgbench.initialize(self.pgbench_bin, pg.port, self.args.scale)
+        pg.psql("VACUUM ANALYZE; CHECKPOINT;", dbname="app")
+        say(f"  initialized in {time.monotonic() - started:.0f}s")
+        return pg
+
+    def start_postgres(self, stack: contextlib.ExitStack) -> None:
+        bindir = find_bindir()
+        pgbench_bin = bindir / "pgbench"
         if not os.access(pgbench_bin, os.X_OK):
             found = shutil.which("pgbench")
             if found is None:
@@ -156,16 +191,18 @@ class Bench:
                                  "packages, e.g. `apt-get install postgresql`)")
             pgbench_bin = Path(found)
         self.pgbench_bin = pgbench_bin
-        self.psql_bin = pg.bindir / "psql"
-        say(f"starting Postgres ({pg.bindir}) in {pg.cluster_dir}")
-        pg.start()
-        pg.create_database("app")
-        say(f"pgbench -i -s {self.args.scale} (directly against Postgres on port {pg.port})")
-        started = time.monotonic()
-        pgbench.initialize(pgbench_bin, pg.port, self.args.scale)
-        pg.psql("VACUUM ANALYZE; CHECKPOINT;", dbname="app")
-        say(f"  initialized in {time.monotonic() - started:.0f}s")
-        self.targets.append(Target("direct", pg.port))
+        self.psql_bin = bindir / "psql"
+        if not self.args.builtin_script:
+            self.script = pgbench.write_select_only(self.workdir)
+        self.pg = self._postgres(stack, "pg")
+        self.targets.append(Target("direct", self.pg.port))
+
+    def start_second_shard(self, stack: contextlib.ExitStack) -> None:
+        """The second shard of the 2-shard target: its own server with the whole data set
+        (loaded directly, not through the proxy), so a read routed to either shard finds
+        its row. Its statistics are reset so the shard split counts only the benchmark."""
+        self.pg2 = self._postgres(stack, "pg-s1")
+        self.pg2.psql("SELECT pg_stat_reset();", dbname="app")
 
     def start_pgbouncer(self, stack: contextlib.ExitStack) -> None:
         assert self.pg is not None
@@ -196,38 +233,119 @@ class Bench:
 
     def start_shardwire(self, stack: contextlib.ExitStack) -> None:
         assert self.pg is not None
-        proc, port = procs.start_shardwire(self.workdir / "shardwire", src=self.src,
-                                           pg_port=self.pg.port,
+        proc, port = procs.start_shardwire(self.workdir / SHARDWIRE, src=self.src,
+                                           pg_ports=[self.pg.port],
                                            pool_size=self.args.pool_size)
         stack.callback(proc.stop)
         self.shardwire = proc
-        say(f"shardwire listening on 127.0.0.1:{port} (pid {proc.pid})")
-        self.targets.append(Target("shardwire", port, proc.pid))
+        say(f"shardwire (1 shard) listening on 127.0.0.1:{port} (pid {proc.pid})")
+        self.targets.append(Target(SHARDWIRE, port, proc.pid))
+
+    def start_shardwire2(self, stack: contextlib.ExitStack) -> None:
+        assert self.pg is not None and self.pg2 is not None
+        proc, port = procs.start_shardwire(self.workdir / SHARDWIRE2, src=self.src,
+                                           pg_ports=[self.pg.port, self.pg2.port],
+                                           pool_size=self.args.pool_size, name=SHARDWIRE2,
+                                           sharded=True)
+        stack.callback(proc.stop)
+        self.shardwire2 = proc
+        say(f"shardwire (2 shards: s0 = port {self.pg.port}, s1 = port {self.pg2.port}) "
+            f"listening on 127.0.0.1:{port} (pid {proc.pid})")
+        self.targets.append(Target(SHARDWIRE2, port, proc.pid))
+
+    def check_aids(self) -> list[int]:
+        """Accounts the sanity check reads: the first, one in the middle and the last."""
+        last = 100000 * self.args.scale
+        return [1, last // 2 + 1, last]
 
     def check_target(self, target: Target) -> None:
-        """One query through the target, so a broken setup fails before measuring."""
-        out = subprocess.run(
-            [str(self.psql_bin), "-X", "-A", "-t", "-h", "127.0.0.1", "-p", str(target.port),
-             "-U", "postgres", "-d", "app", "-c", "SELECT count(*) FROM pgbench_branches"],
-            capture_output=True, text=True, env=procs.clean_env(), timeout=60, check=False)
-        if out.returncode != 0 or out.stdout.strip() != str(self.args.scale):
+        """A few single-row reads through the target (each its own Query, so a routed
+        target sends each to one shard), so a broken setup fails before measuring."""
+        aids = self.check_aids()
+        argv = [str(self.psql_bin), "-X", "-A", "-t", "-h", "127.0.0.1", "-p",
+                str(target.port), "-U", "postgres", "-d", "app"]
+        for aid in aids:
+            argv += ["-c", f"SELECT aid FROM pgbench_accounts WHERE aid = {aid}"]
+        out = subprocess.run(argv, capture_output=True, text=True, env=procs.clean_env(),
+                             timeout=60, check=False)
+        if out.returncode != 0 or out.stdout.split() != [str(a) for a in aids]:
             raise BenchError(f"sanity query through {target.name} (port {target.port}) failed:"
                              f"\n{out.stdout}{out.stderr}")
+        self.sent[target.name] = self.sent.get(target.name, 0) + len(aids)
 
     # ------------------------------------------------------------------ measuring
+    @property
+    def workload_flag(self) -> str:
+        return "-S" if self.script is None else f"-f {self.script.name}"
+
     def pgbench_run(self, target: Target, mode: str, duration: int) -> pgbench.Run:
         return pgbench.Run(self.pgbench_bin, target, mode=mode, clients=self.args.clients,
-                           threads=self.args.threads, duration=duration, workdir=self.workdir)
+                           threads=self.args.threads, duration=duration,
+                           script=self.script, scale=self.args.scale, workdir=self.workdir)
 
     def pgbench(self, target: Target, mode: str, duration: int) -> Result:
-        return self.pgbench_run(target, mode, duration).start().finish()
+        res = self.pgbench_run(target, mode, duration).start().finish()
+        self.sent[target.name] = self.sent.get(target.name, 0) + res.transactions
+        return res
+
+    # ------------------------------------------------------------------ shard split
+    def measure_shard_split(self) -> None:
+        """How many of the 2-shard target's account reads reached shard s1.
+
+        s1's server serves only that target, so its `pg_stat_user_tables.idx_scan` on
+        pgbench_accounts (reset after loading) counts them. A backend flushes its counters
+        only every so often while busy (up to 10 s later when idle), but always when it
+        exits: so the 2-shard shardwire is stopped first (closing its server connections).
+        Call it after everything that uses that target.
+        """
+        if self.pg2 is None or self.shardwire2 is None:
+            return
+        self.shardwire2.stop()
+        count = "SELECT count(*) FROM pg_stat_activity WHERE datname = 'app' AND pid <> " \
+                "pg_backend_pid();"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and self.pg2.psql(count, dbname="app").strip() != "0":
+            time.sleep(0.1)
+        scans = int(self.pg2.psql(
+            "SELECT coalesce(sum(idx_scan), 0) FROM pg_stat_user_tables "
+            "WHERE relname = 'pgbench_accounts';", dbname="app").strip() or 0)
+        total = self.sent.get(SHARDWIRE2, 0)
+        share = f"{100 * scans / total:.1f}%" if total else "—"
+        self.shard_split = (
+            f"Shard split of `{SHARDWIRE2}`: shard s1 served {scans:,} of the {total:,} "
+            f"account reads pgbench and the sanity check sent through it ({share}); the rest "
+            "went to s0. With routing on `aid` (64 hash buckets, s1 = 32-63) expect about "
+            "50%; 0% means every statement went to the default shard s0, i.e. the session "
+            "does not route yet and the 2-shard numbers do not include routing.")
+        say(self.shard_split)
+
+    # ------------------------------------------------------------------ planner
+    def planner_cost(self) -> None:
+        """bench/planner_cost.py on the snapshot's code, while the machine is quiet."""
+        n = self.args.planner_iterations
+        if n <= 0:
+            return
+        say(f"planner microbenchmark (bench/planner_cost.py, {n:,} statements per batch)")
+        env = procs.clean_env()
+        env["PYTHONPATH"] = str(self.src)  # the same proxy/ the shardwires run
+        out = subprocess.run(
+            [sys.executable, str(BENCH_DIR / "planner_cost.py"), "--iterations", str(n)],
+            capture_output=True, text=True, env=env, cwd=self.src, timeout=1800, check=False)
+        if out.returncode != 0:
+            msg = f"planner microbenchmark failed (exit {out.returncode}): " \
+                  f"{(out.stderr or out.stdout).strip()[-800:]}"
+            say(msg)
+            self.general_notes.append(msg)
+            return
+        self.planner_md = out.stdout.strip()
 
     def sweep(self) -> list[report.Cell]:
         args = self.args
         targets = [t for t in self.targets if t.name in args.targets]
         if args.warmup:
             for target in targets:
-                say(f"warm-up: {target.name} -S -M simple for {args.warmup}s")
+                say(f"warm-up: {target.name} {self.workload_flag} -M simple for "
+                    f"{args.warmup}s")
                 res = self.pgbench(target, "simple", args.warmup)
                 if not res.ok:
                     raise BenchError(f"warm-up through {target.name} failed: {res.error}\n"
@@ -237,7 +355,8 @@ class Bench:
             for mode in args.modes:
                 for target in targets:
                     label = f"round {rnd + 1}/{args.rounds}: " if args.rounds > 1 else ""
-                    say(f"{label}{target.name:<9} -S -M {mode:<8} -c {args.clients} "
+                    say(f"{label}{target.name:<17} {self.workload_flag} -M {mode:<8} "
+                        f"-c {args.clients} "
                         f"-j {args.threads} -T {args.duration}")
                     res = self.pgbench(target, mode, args.duration)
                     cells[(target.name, mode)].runs.append(res)
@@ -264,7 +383,7 @@ class Bench:
                   ) -> tuple[subprocess.CompletedProcess[str], Result]:
         """Run `argv` (a profiler attached to shardwire for `record` seconds) during a
         `-S -M simple` pgbench run of --duration seconds; return both outcomes."""
-        target = next(t for t in self.targets if t.name == "shardwire")
+        target = next(t for t in self.targets if t.name == SHARDWIRE)
         duration = self.args.duration
         say(f"profiling shardwire with {what} ({record}s of a {duration}s -S -M simple run)")
         run = self.pgbench_run(target, "simple", duration).start()
@@ -340,7 +459,8 @@ class Bench:
         prof_out = self.workdir / "shardwire.prof"
         say("profiling shardwire under cProfile (a second instance, started for this)")
         proc, port = procs.start_shardwire(self.workdir / "shardwire-cprofile", src=self.src,
-                                           pg_port=self.pg.port, pool_size=self.args.pool_size,
+                                           pg_ports=[self.pg.port],
+                                           pool_size=self.args.pool_size,
                                            name="shardwire-cprofile", cprofile_out=prof_out)
         try:
             target = Target("shardwire (cProfile)", port, proc.pid)
@@ -373,6 +493,55 @@ def _tps_note(res: Result | None, what: str) -> str:
 # ---------------------------------------------------------------------- output
 
 
+def workload(bench: Bench) -> str:
+    """One paragraph: what each row ran, on which topologies."""
+    args = bench.args
+    how = ("pgbench's built-in `-S`" if bench.script is None else
+           f"`-f select-only.sql -s {args.scale}`, the text of pgbench's built-in `-S` "
+           "script as a custom script (so pgbench skips its startup `select count(*) from "
+           "pgbench_branches`, a cross-shard aggregate through the 2-shard target)")
+    order = ", ".join(t for t in TARGETS if t in args.targets)
+    return (
+        f"Each row: `pgbench -n -M <mode> -c {args.clients} -j {args.threads} "
+        f"-T {args.duration}` running {how} against a scale-{args.scale} database; targets "
+        f"run interleaved ({order} for each mode) "
+        + (f"for {args.rounds} rounds (median shown)" if args.rounds > 1 else "once")
+        + f" after a {args.warmup} s warm-up each. Poolers: transaction mode, "
+        f"{args.pool_size} server connections (per shard), trust auth on 127.0.0.1; Postgres "
+        "with fsync off, max_connections 200. `shardwire`: one shard, no sharded tables. "
+        f"`{SHARDWIRE2}`: the same proxy with two shards, s0 the server the other targets "
+        "use and s1 a second one, pgbench_accounts/tellers/branches/history hash-sharded "
+        "on aid/tid/bid/aid (64 buckets); both servers hold the whole data set (`pgbench -i` "
+        "on each, not through the proxy), so a read routed to either shard finds its row. "
+        "pgbench, the Postgres servers and the poolers share the machine's cores.")
+
+
+def routing_section(bench: Bench, cells: list[report.Cell]) -> str:
+    """The routing headline: shardwire with 2 shards vs 1 shard, per mode."""
+    rows = report.routing_rows(cells, bench.args.modes, SHARDWIRE, SHARDWIRE2)
+    if not rows:
+        return ""
+    parts = [
+        f"Routing cost: `{SHARDWIRE2}` vs `{SHARDWIRE}` (1 shard), target: routing costs "
+        f"under {ROUTING_BUDGET:.0%} of the 1-shard TPS. 2/1 TPS is the median of the "
+        "per-round ratios (the two run back to back); routing cost = 1 - 2/1 TPS. CPU "
+        "µs/txn: the proxy's CPU per transaction (user + sys), of the median run.",
+        "",
+        report.routing_table(rows, ROUTING_BUDGET),
+    ]
+    if bench.shard_split:
+        parts += ["", bench.shard_split]
+    return "\n".join(parts)
+
+
+def planner_section(bench: Bench) -> str:
+    if not bench.planner_md:
+        return ""
+    return ("Planner cost per statement (`bench/planner_cost.py`, no I/O: "
+            "`proxy.sql.planner.Planner` alone, on the same proxy/ snapshot):\n\n"
+            + bench.planner_md)
+
+
 def render(bench: Bench, cells: list[report.Cell], facts: dict[str, str],
            command: str) -> str:
     args = bench.args
@@ -382,19 +551,18 @@ def render(bench: Bench, cells: list[report.Cell], facts: dict[str, str],
         "",
         f"Command: `{command}`",
         "",
-        f"Each row: `pgbench -S -n -M <mode> -c {args.clients} -j {args.threads} "
-        f"-T {args.duration}` against a scale-{args.scale} database; targets run interleaved "
-        "(direct, pgbouncer, shardwire for each mode) "
-        + (f"for {args.rounds} rounds (median shown)" if args.rounds > 1 else "once")
-        + f" after a {args.warmup} s warm-up each. Both poolers: transaction mode, "
-        f"{args.pool_size} server connections, trust auth on 127.0.0.1; Postgres with "
-        "fsync off, max_connections 200. pgbench, Postgres and the pooler share the "
-        "machine's cores.",
+        workload(bench),
         "",
         report.results_table(cells, args.modes, bench.notes),
     ]
     if bench.general_notes:
         parts += ["", *(f"- {n}" for n in bench.general_notes)]
+    routing = routing_section(bench, cells)
+    if routing:
+        parts += ["", "### Routing cost: 2 shards vs 1 shard", "", routing]
+    planner = planner_section(bench)
+    if planner:
+        parts += ["", "### Planner cost per statement", "", planner]
     parts += ["", "### Machine", "", report.machine_table(facts)]
     for section in bench.profile_md:
         parts += ["", section]
@@ -446,10 +614,14 @@ def run(bench: Bench, stack: contextlib.ExitStack, command: str) -> None:
     args = bench.args
     bench.snapshot()
     bench.start_postgres(stack)
+    if SHARDWIRE2 in args.targets:
+        bench.start_second_shard(stack)
     if "pgbouncer" in args.targets:
         bench.start_pgbouncer(stack)
-    if "shardwire" in args.targets or args.profile:
+    if SHARDWIRE in args.targets or args.profile:
         bench.start_shardwire(stack)
+    if SHARDWIRE2 in args.targets:
+        bench.start_shardwire2(stack)
     for target in bench.targets:
         bench.check_target(target)
     assert bench.pg is not None
@@ -461,10 +633,18 @@ def run(bench: Bench, stack: contextlib.ExitStack, command: str) -> None:
         say(f"warning: the machine is busy (load average {busy:.1f} on {os.cpu_count()} CPUs): "
             "expect noisy TPS; the pooler CPU µs/txn column is the steadier one")
     cells = bench.sweep()
+    bench.measure_shard_split()  # stops the 2-shard shardwire
+    bench.planner_cost()
+    print()
+    print(workload(bench))
     print()
     print(report.results_table(cells, args.modes, bench.notes))
     for note in bench.general_notes:
         print(f"- {note}")
+    for section in (routing_section(bench, cells), planner_section(bench)):
+        if section:
+            print()
+            print(section)
     print()
     print(report.machine_table(facts))
     print()
@@ -474,15 +654,22 @@ def run(bench: Bench, stack: contextlib.ExitStack, command: str) -> None:
         text = render(bench, cells, facts, command)
         report.write_section(args.results_file, facts["date"][:10], text)
         say(f"wrote the {facts['date'][:10]} section of {args.results_file}")
-    _summary(cells)
+    _summary(cells, args.modes)
 
 
-def _summary(cells: list[report.Cell]) -> None:
+def _summary(cells: list[report.Cell], modes: Sequence[str]) -> None:
     by = {(c.target, c.mode): c.tps for c in cells}
-    sw, pgb = by.get(("shardwire", "simple")), by.get(("pgbouncer", "simple"))
+    sw, pgb = by.get((SHARDWIRE, "simple")), by.get(("pgbouncer", "simple"))
     if sw and pgb:
         verdict = "meets" if sw >= 0.8 * pgb else "misses"
         say(f"shardwire -S simple: {sw / pgb:.2f}x PgBouncer ({verdict} the 0.8x target)")
+    for row in report.routing_rows(cells, modes, SHARDWIRE, SHARDWIRE2):
+        if row.ratio is None or row.cost is None:
+            say(f"routing cost, -M {row.mode}: no data (a run failed)")
+            continue
+        say(f"routing cost, -M {row.mode}: 2 shards = {row.ratio:.3f}x the 1-shard TPS, "
+            f"{row.cost:+.1%} of it ({row.verdict(ROUTING_BUDGET)} the {ROUTING_BUDGET:.0%} "
+            "budget)")
 
 
 if __name__ == "__main__":

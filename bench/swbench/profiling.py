@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import pstats
 import re
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,7 +113,7 @@ def summarize_cprofile(path: Path, repo: Path, *, top: int = 25,
     by_cum = sorted((r for r in rows if r[1].cumtime < 0.95 * total_time),
                     key=lambda r: r[1].cumtime, reverse=True)
     by_tot = sorted(rows, key=lambda r: r[1].tottime, reverse=True)
-    buckets: Counter[str] = Counter()
+    buckets: defaultdict[str, float] = defaultdict(float)  # seconds of own time
     for key, row, _ in rows:
         buckets[_bucket(key, repo)] += row.tottime
     total = sum(buckets.values())
@@ -126,7 +126,8 @@ def summarize_cprofile(path: Path, repo: Path, *, top: int = 25,
         all_calls = sum(r[2] for r in rows) / transactions
         proxy_calls = sum(r[2] for r in proxy_rows) / transactions
     return CProfileSummary(total, [r[1] for r in by_cum[:top]], [r[1] for r in by_tot[:top]],
-                           buckets.most_common(), per_txn, all_calls, proxy_calls)
+                           sorted(buckets.items(), key=lambda kv: -kv[1]), per_txn, all_calls,
+                           proxy_calls)
 
 
 # ---------------------------------------------------------------------------- py-spy
@@ -269,7 +270,7 @@ def summarize_perf(perf: str, data: Path, *, top: int = 25) -> PerfSummary:
     dso_rows = _perf_report(perf, data, "dso")
     samples = sum(int(r[1]) for r in dso_rows if r[1].isdigit())
     dsos = [(r[2], float(r[0].rstrip("%"))) for r in dso_rows]
-    buckets: Counter[str] = Counter()
+    buckets: defaultdict[str, float] = defaultdict(float)  # percent of the samples
     for dso, pct in dsos:
         buckets[dso_bucket(dso)] += pct
     symbols = [(r[2], r[3].removeprefix("[.] ").removeprefix("[k] "),

@@ -237,3 +237,87 @@ def write_section(path: Path, date: str, body: str) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + block
     path.write_text(text)
+
+
+# --------------------------------------------------------------------------- routing cost
+
+
+@dataclass(frozen=True)
+class RoutingRow:
+    """2 shards vs 1 shard in one mode: what routing costs the same proxy."""
+
+    mode: str
+    tps1: float | None
+    tps2: float | None
+    round_ratios: list[float | None]  # TPS(2) / TPS(1) of each round (back to back runs)
+    cpu1: Result | None  # the median runs, for CPU µs/txn
+    cpu2: Result | None
+
+    @property
+    def ratio(self) -> float | None:
+        """The headline TPS(2 shards) / TPS(1 shard): the median of the per-round ratios
+        when every round has both (the two ran back to back, so drift cancels), else the
+        ratio of the median TPS."""
+        paired = [r for r in self.round_ratios if r is not None]
+        if paired and len(paired) == len(self.round_ratios):
+            return statistics.median(paired)
+        if self.tps1 and self.tps2 is not None:
+            return self.tps2 / self.tps1
+        return None
+
+    @property
+    def cost(self) -> float | None:
+        """The share of the 1-shard TPS lost to routing (negative: 2 shards were faster)."""
+        ratio = self.ratio
+        return None if ratio is None else 1 - ratio
+
+    def verdict(self, budget: float) -> str:
+        """Whether routing costs less than `budget` (a share of the 1-shard TPS)."""
+        cost = self.cost
+        if cost is None:
+            return "no data"
+        return "meets" if cost < budget else "misses"
+
+
+def routing_rows(cells: list[Cell], modes: Sequence[str], base: str, routed: str
+                 ) -> list[RoutingRow]:
+    by_key = {(c.target, c.mode): c for c in cells}
+    rows = []
+    for mode in modes:
+        one, two = by_key.get((base, mode)), by_key.get((routed, mode))
+        if one is None or two is None:
+            continue
+        ratios: list[float | None] = []
+        for r1, r2 in zip(one.runs, two.runs, strict=False):
+            if r1.ok and r2.ok and r1.tps and r2.tps is not None:
+                ratios.append(r2.tps / r1.tps)
+            else:
+                ratios.append(None)
+        rows.append(RoutingRow(mode, one.tps, two.tps, ratios, one.median, two.median))
+    return rows
+
+
+def routing_table(rows: Sequence[RoutingRow], budget: float) -> str:
+    header = ["mode", "TPS 1 shard", "TPS 2 shards", "2/1 TPS", "routing cost",
+              f"vs {budget:.0%} budget", "CPU µs/txn 1 shard", "CPU µs/txn 2 shards",
+              "Δ CPU µs/txn"]
+    align = ["l", "r", "r", "r", "r", "l", "r", "r", "r"]
+    rounds = max((len(r.round_ratios) for r in rows), default=1)
+    if rounds > 1:
+        header.append("2/1 TPS of each round")
+        align.append("l")
+    out = []
+    for r in rows:
+        c1 = r.cpu1.cpu_us_per_txn if r.cpu1 else None
+        c2 = r.cpu2.cpu_us_per_txn if r.cpu2 else None
+        delta = "—"
+        if c1 is not None and c2 is not None:
+            delta = f"{c2 - c1:+.1f} ({(c2 - c1) / c1:+.0%})" if c1 else f"{c2 - c1:+.1f}"
+        row = [r.mode, _num(r.tps1), _num(r.tps2),
+               "—" if r.ratio is None else f"{r.ratio:.3f}x",
+               "—" if r.cost is None else f"{r.cost:+.1%}",
+               r.verdict(budget), _cpu_cell(r.cpu1), _cpu_cell(r.cpu2), delta]
+        if rounds > 1:
+            row.append(", ".join("failed" if x is None else f"{x:.3f}" for x in r.round_ratios))
+        out.append(row)
+    return table(header, out, align)
