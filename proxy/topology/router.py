@@ -244,6 +244,25 @@ class Dist:
         self._segments = segments
         self._lows = [s[0] for s in segments[1:]]  # segment i+1 starts at _lows[i]
 
+    def _text_ordered(self) -> bool:
+        """Whether the bounds compare as text (``range_kind`` text, e.g. ``key_type: text``).
+
+        Placing a value in a segment (:meth:`point`, inserts, COPY) uses Python's code-point
+        order; that is the proxy's own rule, the same for writes and reads, so it is safe.
+        An inequality in SQL (``<``, ``>=``, ``BETWEEN``) is different: the *database*
+        decides which rows satisfy it, comparing text with the column's collation (under
+        en_US.UTF-8 ``'a' < 'B'``, in code-point order ``'B' < 'a'``). Intersecting it with
+        segments in code-point order could skip a shard holding matching rows, so until the
+        proxy compares with the collation, text inequalities do not narrow the route
+        (:meth:`compare` and :meth:`between` give every segment). Integer, numeric and
+        timestamp bounds order the same in Postgres and Python and keep narrowing.
+        """
+        return (self._range_kind or "text") == "text"
+
+    def _all_segments(self) -> frozenset[int]:
+        """Every segment: all the table's ranges and the gaps between them (not NULL)."""
+        return frozenset(range(len(self._segments)))
+
     def _segment_of(self, key: Any) -> int:
         return bisect.bisect_right(self._lows, key)
 
@@ -348,11 +367,16 @@ class Dist:
         return text
 
     def compare(self, op: str, kv: KeyValue) -> frozenset[Any] | None:
-        """Atoms for ``key op value`` with op in ``< <= > >=``; None if unknown."""
+        """Atoms for ``key op value`` with op in ``< <= > >=``; None if unknown.
+
+        Text-bounded range tables give every segment (see :meth:`_text_ordered`).
+        """
         if self.strategy != "range":
             return None
         if kv.kind == "null":
             return frozenset()
+        if self._text_ordered():
+            return self._all_segments()
         key = self._range_key(kv)
         if key is None:
             return None
@@ -370,6 +394,8 @@ class Dist:
             return None
         if low.kind == "null" or high.kind == "null":
             return frozenset()
+        if self._text_ordered():  # not even "high < low, so empty": that is collation too
+            return self._all_segments()
         lo, hi = self._range_key(low), self._range_key(high)
         if lo is None or hi is None:
             return None

@@ -176,6 +176,51 @@ def test_range_segments_and_gaps() -> None:
     assert "range [10, 20)" in nums.describe_atoms(nums.point(kv("int", 15)) or ())
 
 
+TEXT_RANGE = config({
+    "labels": {"shard_key": "label", "strategy": "range", "ranges": [
+        {"to": "Z", "shard": "s0"},
+        {"from": "Z", "shard": "s1"},
+    ]},
+    "names": {"shard_key": "name", "strategy": "range", "key_type": "text", "default": "s1",
+              "ranges": [{"from": "m", "to": "t", "shard": "s0"}]},
+})
+
+
+def test_text_range_inequalities_do_not_narrow() -> None:
+    # Postgres compares text with the collation (en_US: 'a' < 'B'), the segments use code
+    # points ('B' < 'a'): a row 'B' on s0 satisfies label >= 'a', so no inequality narrows.
+    router = Router(TEXT_RANGE)
+    labels = router.dist("public.labels")
+    names = router.dist("public.names")
+    assert labels is not None and names is not None
+
+    def shards(dist: Any, atoms: Any) -> set[str | None]:
+        assert atoms is not None
+        return {dist.shard_of_atom(a) for a in atoms}
+
+    for op in ("<", "<=", ">", ">="):
+        assert shards(labels, labels.compare(op, kv("string", "a"))) == {"s0", "s1"}
+        assert shards(names, names.compare(op, kv("string", "p"))) == {"s0", "s1"}  # + gaps
+    assert labels.compare(">=", kv("string", "a")) == frozenset(range(2))
+    assert names.compare("<", kv("string", "a")) == frozenset(range(3))  # gaps included
+    assert shards(labels, labels.between(kv("string", "a"), kv("string", "c"))) == {"s0", "s1"}
+    # reversed in code-point order only: not "no rows" under a collation where 'a' < 'B'
+    assert shards(labels, labels.between(kv("string", "a"), kv("string", "B"))) == {"s0", "s1"}
+    # NULL comparisons are never true, whatever the collation
+    assert labels.compare(">=", kv("null", None)) == frozenset()
+    assert labels.between(kv("null", None), kv("string", "a")) == frozenset()
+    # equality is placement, the proxy's own rule: it still narrows
+    assert shards(labels, labels.point(kv("string", "B"))) == {"s0"}
+    assert shards(labels, labels.point(kv("string", "a"))) == {"s1"}
+    assert shards(names, names.point(kv("string", "p"))) == {"s0"}
+    assert shards(names, names.point(kv("string", "a"))) == {"s1"}  # the default
+    # integer ranges keep narrowing
+    nums = Router(RANGE).dist("public.nums")
+    assert nums is not None
+    assert shards(nums, nums.compare("<", kv("int", 10))) == {"s1"}
+    assert nums.compare("<", kv("int", 10)) == frozenset({0})
+
+
 def test_colocation() -> None:
     router = Router(config({"a": {"shard_key": "x"}, "b": {"shard_key": "y"}}))
     a, b = router.dist("public.a"), router.dist("public.b")
