@@ -51,7 +51,10 @@ BENCH_DIR = Path(__file__).resolve().parent
 RESULTS = BENCH_DIR / "RESULTS.md"
 SHARDWIRE = "shardwire"  # one shard, nothing sharded: the baseline of the routing cost
 SHARDWIRE2 = "shardwire-2shards"  # two shards, pgbench's tables sharded by key
-TARGETS = ("direct", "pgbouncer", SHARDWIRE, SHARDWIRE2)
+# one shard, pgbench's tables listed as sharded: every statement is planned and routed
+# (to the only shard), with no second Postgres competing for the cores
+SHARDWIRE_ROUTED = "shardwire-routed"
+TARGETS = ("direct", "pgbouncer", SHARDWIRE, SHARDWIRE_ROUTED, SHARDWIRE2)
 ROUTING_BUDGET = 0.05  # routing may cost at most 5% of the 1-shard TPS
 MODES = ("simple", "prepared", "extended")
 PROFILERS = ("perf", "py-spy", "cprofile")
@@ -240,6 +243,17 @@ class Bench:
         self.shardwire = proc
         say(f"shardwire (1 shard) listening on 127.0.0.1:{port} (pid {proc.pid})")
         self.targets.append(Target(SHARDWIRE, port, proc.pid))
+
+    def start_shardwire_routed(self, stack: contextlib.ExitStack) -> None:
+        assert self.pg is not None
+        proc, port = procs.start_shardwire(self.workdir / SHARDWIRE_ROUTED, src=self.src,
+                                           pg_ports=[self.pg.port],
+                                           pool_size=self.args.pool_size,
+                                           name=SHARDWIRE_ROUTED, sharded=True)
+        stack.callback(proc.stop)
+        say(f"shardwire (1 shard, tables routed) listening on 127.0.0.1:{port} "
+            f"(pid {proc.pid})")
+        self.targets.append(Target(SHARDWIRE_ROUTED, port, proc.pid))
 
     def start_shardwire2(self, stack: contextlib.ExitStack) -> None:
         assert self.pg is not None and self.pg2 is not None
@@ -517,11 +531,24 @@ def workload(bench: Bench) -> str:
 
 
 def routing_section(bench: Bench, cells: list[report.Cell]) -> str:
-    """The routing headline: shardwire with 2 shards vs 1 shard, per mode."""
+    """The routing headline: shardwire routing on one shard, and with 2 shards, vs the
+    same proxy on one shard with nothing to route, per mode."""
+    parts: list[str] = []
+    routed = report.routing_rows(cells, bench.args.modes, SHARDWIRE, SHARDWIRE_ROUTED)
+    if routed:
+        parts += [
+            f"Planning and routing cost: `{SHARDWIRE_ROUTED}` (one shard, the pgbench tables "
+            f"listed as sharded: every statement planned) vs `{SHARDWIRE}` (one shard, "
+            "nothing to route), same Postgres; target: under "
+            f"{ROUTING_BUDGET:.0%} of the TPS. Ratio: median of the per-round ratios.",
+            "",
+            report.routing_table(routed, ROUTING_BUDGET, ("plain", "routed")),
+            "",
+        ]
     rows = report.routing_rows(cells, bench.args.modes, SHARDWIRE, SHARDWIRE2)
     if not rows:
-        return ""
-    parts = [
+        return "\n".join(parts)
+    parts += [
         f"Routing cost: `{SHARDWIRE2}` vs `{SHARDWIRE}` (1 shard), target: routing costs "
         f"under {ROUTING_BUDGET:.0%} of the 1-shard TPS. 2/1 TPS is the median of the "
         "per-round ratios (the two run back to back); routing cost = 1 - 2/1 TPS. CPU "
@@ -620,6 +647,8 @@ def run(bench: Bench, stack: contextlib.ExitStack, command: str) -> None:
         bench.start_pgbouncer(stack)
     if SHARDWIRE in args.targets or args.profile:
         bench.start_shardwire(stack)
+    if SHARDWIRE_ROUTED in args.targets:
+        bench.start_shardwire_routed(stack)
     if SHARDWIRE2 in args.targets:
         bench.start_shardwire2(stack)
     for target in bench.targets:
@@ -663,13 +692,14 @@ def _summary(cells: list[report.Cell], modes: Sequence[str]) -> None:
     if sw and pgb:
         verdict = "meets" if sw >= 0.8 * pgb else "misses"
         say(f"shardwire -S simple: {sw / pgb:.2f}x PgBouncer ({verdict} the 0.8x target)")
-    for row in report.routing_rows(cells, modes, SHARDWIRE, SHARDWIRE2):
-        if row.ratio is None or row.cost is None:
-            say(f"routing cost, -M {row.mode}: no data (a run failed)")
-            continue
-        say(f"routing cost, -M {row.mode}: 2 shards = {row.ratio:.3f}x the 1-shard TPS, "
-            f"{row.cost:+.1%} of it ({row.verdict(ROUTING_BUDGET)} the {ROUTING_BUDGET:.0%} "
-            "budget)")
+    for name, other in (("routed 1 shard", SHARDWIRE_ROUTED), ("2 shards", SHARDWIRE2)):
+        for row in report.routing_rows(cells, modes, SHARDWIRE, other):
+            if row.ratio is None or row.cost is None:
+                say(f"routing cost, -M {row.mode}: no data (a run failed)")
+                continue
+            say(f"routing cost, -M {row.mode}: {name} = {row.ratio:.3f}x the 1-shard TPS, "
+                f"{row.cost:+.1%} of it ({row.verdict(ROUTING_BUDGET)} the "
+                f"{ROUTING_BUDGET:.0%} budget)")
 
 
 if __name__ == "__main__":

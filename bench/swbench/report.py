@@ -297,14 +297,16 @@ def routing_rows(cells: list[Cell], modes: Sequence[str], base: str, routed: str
     return rows
 
 
-def routing_table(rows: Sequence[RoutingRow], budget: float) -> str:
-    header = ["mode", "TPS 1 shard", "TPS 2 shards", "2/1 TPS", "routing cost",
-              f"vs {budget:.0%} budget", "CPU µs/txn 1 shard", "CPU µs/txn 2 shards",
+def routing_table(rows: Sequence[RoutingRow], budget: float,
+                  labels: tuple[str, str] = ("1 shard", "2 shards")) -> str:
+    one, two = labels
+    header = ["mode", f"TPS {one}", f"TPS {two}", "ratio", "routing cost",
+              f"vs {budget:.0%} budget", f"CPU µs/txn {one}", f"CPU µs/txn {two}",
               "Δ CPU µs/txn"]
     align = ["l", "r", "r", "r", "r", "l", "r", "r", "r"]
     rounds = max((len(r.round_ratios) for r in rows), default=1)
     if rounds > 1:
-        header.append("2/1 TPS of each round")
+        header.append("ratio of each round")
         align.append("l")
     out = []
     for r in rows:

@@ -209,14 +209,19 @@ async def _run(session: ClientSession, shards: Sequence[str],
     finally:
         if not kept and not broken and servers is not None:
             _give_back(session, servers)
-    if not kept and not session.closed:
-        if simple:
-            session.write(m.ready_for_query(session.client_status()))
+    if not kept and not session.closed and simple:
+        session.write(m.ready_for_query(session.client_status()))
+    _go_on(session, region, frames, resume)
+
+
+def _go_on(session: ClientSession, region: bytes, frames: list[Frame], index: int) -> None:
+    """A multi-shard step is over: handle the client's frames from `index` on, then what
+    it sent meanwhile."""
     session._busy = False
     if session.closed:
         return
     try:
-        session.process(region, frames, resume)
+        session.process(region, frames, index)
     except Exception as exc:
         session._end_with(exc)
     session._after_async()
@@ -637,14 +642,7 @@ class CopyIn:
         _give_back(session, self.servers)
         if not session.closed:
             session.write(m.ready_for_query(session.client_status()))
-        session._busy = False
-        if session.closed:
-            return
-        try:
-            session.process(region, frames, index)
-        except Exception as exc:
-            session._end_with(exc)
-        session._after_async()
+        _go_on(session, region, frames, index)
 
     def abandon(self) -> None:
         """The client went away mid-COPY: stop it on every shard."""

@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from proxy.frontend.fanout import CopyIn
     from proxy.frontend.startup import ClientStream
     from proxy.server import Proxy
+    from proxy.sql.planner import PreparedPlan
     from proxy.sql.route import Route
 
 log = logging.getLogger("shardwire.session")
@@ -339,6 +340,10 @@ class ClientSession:
         (answered, refused, or handed to a task, which sets `_busy`)."""
         if mtype == m.QUERY:
             sql, _ = m.read_cstr(region, start)
+            if self.hint_shard is None and self.hint_key is None and not self.deferred_failed:
+                shard = self.planner.quick_text(sql)  # type: ignore[union-attr]
+                if shard is not None:
+                    return shard
             return self.dispatch(self.plan(sql), sql, region, frames, index - 1, simple=True)
         if mtype == m.PARSE:
             return self._shard_of_batch(region, frames, index)
@@ -354,14 +359,21 @@ class ClientSession:
             self._lookahead = None
             if look[2] is not None and (self.server is None or self.server.shard == look[2]):
                 return look[2]
-        route = self.plan(stmt.query, values, self._param_types(stmt))
+        types = self._param_types(stmt)
+        plan = self.planner.prepare(stmt.query)  # type: ignore[union-attr]
+        if self.hint_shard is None and self.hint_key is None and not self.deferred_failed:
+            shard = plan.quick_shard(values, types)
+            if shard is not None:
+                return shard
+        route = self.plan(stmt.query, values, types, plan)
         return self.dispatch(route, stmt.query, region, frames, index - 1, simple=False)
 
     def plan(self, sql: str, params: list[str | bytes | None] | None = None,
-             param_types: tuple[int, ...] | None = None) -> Route:
+             param_types: tuple[int, ...] | None = None,
+             prepared: PreparedPlan | None = None) -> Route:
         assert self.planner is not None
         server = self.server
-        return self.planner.prepare(sql).route(
+        return (prepared or self.planner.prepare(sql)).route(
             params, param_types, session_shard=self.hint_shard,
             session_shard_key=self.hint_key,
             reference_shard=server.shard if server is not None else self.reference_shard)
@@ -404,7 +416,13 @@ class ClientSession:
             if stmt is None:
                 break
             sql, types = stmt.query, self._param_types(stmt)
-            route = self.plan(sql, values, types)
+            plan = self.planner.prepare(sql)
+            if self.hint_shard is None and self.hint_key is None:
+                shard = plan.quick_shard(values, types)
+                if shard is not None:
+                    self._lookahead = (id(region), start, shard)
+                    return shard
+            route = self.plan(sql, values, types, plan)
             if route.error is not None or route.statement_type in _LOCAL_TYPES:
                 break
             if route.source in FLOATING_SOURCES or route.statement_type in FLOATING_TYPES:

@@ -124,9 +124,20 @@ class DmlTemplate:
             and (self.insert_rows is None or len(self.insert_rows) == 1)
             and len(self.router.shards) > 1
         )
+        # The hot path (see quick_shard): one equality on a hash key, no other condition
+        # (with one shard too: it is the cost of routing there).
+        self.quick: tuple[Dist, V] | None = None
         if self._simple:
             grp = self.groups[0]
             grp.dist = grp.members[0].dist
+        if self._simple or (len(self.router.shards) == 1 and len(self.groups) == 1
+                            and not self.copins and not self.unlisted
+                            and not self.reference_writes and not self.key_sets
+                            and not self.errors and self.insert_rows is None):
+            f = self.groups[0].formula
+            if (f is not None and f[0] in ("eq", "row") and f[1].strategy == "hash"
+                    and f[3][0] in ("lit", "param")):
+                self.quick = (f[1], f[3])
         used: set[int] = set()
 
         def collect(v: V) -> bool:
@@ -173,6 +184,15 @@ class DmlTemplate:
         return ("and", [*base, ("or", [self._formula(c, g) for c in neg])])
 
     # ----------------------------------------------------------------- routing
+
+    def quick_shard(self, kv: KeyValue) -> str | None:
+        """The shard for the key value of a `quick` template, without building a Route;
+        None when the general path must decide (NULL, a value that does not hash)."""
+        q = self.quick
+        if q is None or kv.kind == "null" or kv.kind == "unknown":
+            return None
+        bucket = q[0].bucket(kv)
+        return None if bucket is None else q[0].shard_of_atom(bucket)
 
     def route(self, b: Binding) -> Route:
         if self._simple:

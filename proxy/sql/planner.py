@@ -28,6 +28,7 @@ from proxy.config import Config, qualify_table_name
 from proxy.errors import InternalError, ShardwireError
 from proxy.sql.compile import Compiler, StaticTemplate, UnparsedTemplate, bind_literals
 from proxy.sql.lexer import DML_HEADS, Hint, normalize, scan
+from proxy.sql.params import decode_param, param_oid
 from proxy.sql.rewrite import InsertRows, insert_rows, split_insert
 from proxy.sql.route import Route
 from proxy.sql.values import Binding
@@ -35,6 +36,10 @@ from proxy.topology.router import KeyValue, Router, describe_value, hash_probe, 
 
 __all__ = ["Planner", "PreparedPlan"]
 
+# Unsigned integer literals, for the quick path of simple queries (see Planner.quick_text).
+_NUMBERS = re.compile(r"(?<![\w$.])(\d+)(?![\w.])")
+_NOT_QUICK = ("'", '"', "-", "/", "$", "\\", ";;")
+_QUICK_CAPACITY = 4096
 _HEAD = re.compile(r"(?:\s+|--[^\n]*(?:\n|$)|/\*(?:[^*]|\*(?!/))*\*/)*([A-Za-z_]+|\()")
 _NO_HINTS = frozenset({"transaction", "set", "shardwire_set", "shardwire_show", "empty"})
 
@@ -57,6 +62,27 @@ class PreparedPlan:
     @property
     def statement_type(self) -> str:
         return self.template.statement_type
+
+    def quick_shard(self, params: Sequence[object | None] | None,
+                    param_types: Sequence[int] | None) -> str | None:
+        """The shard of a one-key-equality statement for these Bind values, with no
+        Route built (the session's hot path); None when :meth:`route` must decide."""
+        t = self.template
+        q = getattr(t, "quick", None)
+        if q is None or self.hints:
+            return None
+        v = q[1]
+        if v[0] == "param":
+            i = v[1]
+            if params is None or i >= len(params):
+                return None
+            kv = decode_param(params[i], param_oid(param_types, i))
+        else:
+            i = v[1]
+            if i >= len(self.literals):
+                return None
+            kv = self.literals[i]
+        return t.quick_shard(kv)  # type: ignore[no-any-return]
 
     def route(
         self,
@@ -211,8 +237,12 @@ class Planner:
         self.compiler = Compiler(self.router, config.unparsed, template_capacity)
         self.capacity = capacity
         self._plans: OrderedDict[str, PreparedPlan] = OrderedDict()
+        # quick_text: the text with its integers blanked -> (template, which integer is
+        # the key), or None when that shape is not for the quick path
+        self._quick: dict[str, tuple[Any, int] | None] = {}
         self.hits = 0
         self.misses = 0
+        self.quick_hits = 0
 
     def plan(
         self,
@@ -245,6 +275,51 @@ class Planner:
             plans.popitem(last=False)
         return p
 
+    def quick_text(self, sql: str) -> str | None:
+        """The shard of a simple-protocol statement that compares a hash key with an
+        integer literal (``... WHERE aid = 4711``), or None: then use :meth:`plan`.
+
+        Costs a regex split and two dict lookups: statements of one shape share an entry
+        keyed by the text with its integers blanked, learnt once from the full analysis
+        (which must agree on where the literals are)."""
+        for c in _NOT_QUICK:
+            if c in sql:
+                return None
+        parts = _NUMBERS.split(sql)
+        key = "\x00".join(parts[0::2])
+        quick = self._quick
+        try:
+            entry = quick[key]
+        except KeyError:
+            entry = self._learn_quick(sql, parts)
+            if len(quick) >= _QUICK_CAPACITY:
+                quick.clear()
+            quick[key] = entry
+        if entry is None:
+            return None
+        self.quick_hits += 1
+        template, index = entry
+        return template.quick_shard(KeyValue("int", int(parts[2 * index + 1])))  # type: ignore[no-any-return]
+
+    def _learn_quick(self, sql: str, parts: list[str]) -> tuple[Any, int] | None:
+        plan = self.prepare(sql)
+        q = getattr(plan.template, "quick", None)
+        if q is None or plan.hints or q[1][0] != "lit":
+            return None
+        norm = normalize(sql)
+        if norm is None:
+            return None
+        slots = norm[1]
+        numbers: list[tuple[int, int]] = []
+        pos = 0
+        for i, part in enumerate(parts):
+            if i % 2:
+                numbers.append((pos, pos + len(part)))
+            pos += len(part)
+        if [(s[0], s[1]) for s in slots] != numbers:
+            return None  # the analysis saw other literals: not a shape for the quick path
+        return plan.template, q[1][1]
+
     def cache_stats(self) -> dict[str, dict[str, int]]:
         """Hit/miss counters: ``plans`` (by exact text), ``templates`` (by normalised text;
         a miss there is a sqlglot parse)."""
@@ -252,6 +327,7 @@ class Planner:
         return {
             "plans": {"hits": self.hits, "misses": self.misses, "size": len(self._plans),
                       "capacity": self.capacity},
+            "quick": {"hits": self.quick_hits, "shapes": len(self._quick)},
             "templates": {"hits": c.hits, "misses": c.misses, "size": len(c.templates),
                           "capacity": c.capacity, "parses": c.parses},
         }

@@ -221,7 +221,24 @@ def hash_int(value: int, kind: str = "int8") -> int:
         # Complement of the (sign-extended) high word, as a uint32.
         lohalf ^= ~(value >> 32) & _M32
     a, b, c = _PARTITION_STATE_4
-    a, b, c = _final((a + lohalf) & _M32, b, c)
+    # _final((a + lohalf) & _M32, b, c), written out: this runs for every routed statement
+    # with an integer key, and the calls cost more than the arithmetic.
+    m = _M32
+    a = (a + lohalf) & m
+    c ^= b
+    c = (c - (((b << 14) | (b >> 18)) & m)) & m
+    a ^= c
+    a = (a - (((c << 11) | (c >> 21)) & m)) & m
+    b ^= a
+    b = (b - (((a << 25) | (a >> 7)) & m)) & m
+    c ^= b
+    c = (c - (((b << 16) | (b >> 16)) & m)) & m
+    a ^= c
+    a = (a - (((c << 4) | (c >> 28)) & m)) & m
+    b ^= a
+    b = (b - (((a << 14) | (a >> 18)) & m)) & m
+    c ^= b
+    c = (c - (((b << 24) | (b >> 8)) & m)) & m
     return (b << 32) | c
 
 

@@ -261,54 +261,56 @@ def decode_int32(body: bytes, pos: int = 0) -> int:
     return _I32.unpack_from(body, pos)[0]
 
 
+def _bind_parts(body: bytes, start: int
+                ) -> tuple[str, str, tuple[int, ...], list[bytes], int]:
+    """A Bind body's portal, statement, format codes, parameters (each still with its
+    int32 length, -1 for NULL) and the position of its result format codes."""
+    portal, pos = read_cstr(body, start)
+    stmt, pos = read_cstr(body, pos)
+    (nformats,) = _I16.unpack_from(body, pos)
+    pos += 2
+    formats = struct.unpack_from(f"!{nformats}h", body, pos) if nformats else ()
+    pos += 2 * nformats
+    (nparams,) = _I16.unpack_from(body, pos)
+    pos += 2
+    raw: list[bytes] = []
+    for _ in range(nparams):
+        (length,) = _I32.unpack_from(body, pos)
+        size = 4 + max(length, 0)
+        raw.append(body[pos:pos + size])
+        pos += size
+    return portal, stmt, formats, raw, pos
+
+
+def _format_of(formats: tuple[int, ...], index: int) -> int:
+    return formats[0] if len(formats) == 1 else formats[index] if formats else 0
+
+
 def decode_bind(region: bytes, start: int, end: int
                 ) -> tuple[str, str, list[str | bytes | None], int]:
     """A Bind body: (portal, statement, parameter values, position of the result formats).
 
     Values come as the client sent them: ``str`` for text format (UTF-8), ``bytes`` for
     binary format, ``None`` for NULL. Raises ValueError/struct.error on a malformed body."""
-    portal, pos = read_cstr(region, start)
-    stmt, pos = read_cstr(region, pos)
-    (nformats,) = _I16.unpack_from(region, pos)
-    pos += 2
-    formats = struct.unpack_from(f"!{nformats}h", region, pos) if nformats else ()
-    pos += 2 * nformats
-    (nparams,) = _I16.unpack_from(region, pos)
-    pos += 2
-    values: list[str | bytes | None] = []
-    for i in range(nparams):
-        (length,) = _I32.unpack_from(region, pos)
-        pos += 4
-        if length < 0:
-            values.append(None)
-            continue
-        raw = region[pos:pos + length]
-        pos += length
-        binary = (formats[0] if nformats == 1 else formats[i] if nformats else 0) == 1
-        values.append(raw if binary else raw.decode("utf-8", "surrogateescape"))
+    portal, stmt, formats, raw, pos = _bind_parts(region, start)
     if pos > end:
         raise ValueError("Bind message too short")
+    values: list[str | bytes | None] = []
+    for i, item in enumerate(raw):
+        if item[:4] == b"\xff\xff\xff\xff":
+            values.append(None)
+        elif _format_of(formats, i) == 1:
+            values.append(item[4:])
+        else:
+            values.append(item[4:].decode("utf-8", "surrogateescape"))
     return portal, stmt, values, pos
 
 
 def rebind(region: bytes, start: int, end: int, keep: Sequence[int], statement: str) -> bytes:
     """A Bind body for `statement` carrying only the parameters at `keep` (in that order),
     each with its own format code; the portal and result formats stay the client's."""
-    portal, pos = read_cstr(region, start)
-    _, pos = read_cstr(region, pos)
-    (nformats,) = _I16.unpack_from(region, pos)
-    pos += 2
-    formats = struct.unpack_from(f"!{nformats}h", region, pos) if nformats else ()
-    pos += 2 * nformats
-    (nparams,) = _I16.unpack_from(region, pos)
-    pos += 2
-    raw: list[bytes] = []
-    for _ in range(nparams):
-        (length,) = _I32.unpack_from(region, pos)
-        size = 4 + max(length, 0)
-        raw.append(region[pos:pos + size])
-        pos += size
-    fmt = [formats[0] if nformats == 1 else formats[i] if nformats else 0 for i in keep]
+    portal, _, formats, raw, pos = _bind_parts(region, start)
+    fmt = [_format_of(formats, i) for i in keep]
     return (cstr(portal) + cstr(statement) + _I16.pack(len(keep))
             + struct.pack(f"!{len(keep)}h", *fmt) + _I16.pack(len(keep))
             + b"".join(raw[i] for i in keep) + region[pos:end])
@@ -316,15 +318,7 @@ def rebind(region: bytes, start: int, end: int, keep: Sequence[int], statement: 
 
 def bind_result_binary(body: bytes) -> bool:
     """Whether a Bind body asks for the (first) result column in binary format."""
-    _, pos = read_cstr(body, 0)
-    _, pos = read_cstr(body, pos)
-    (nformats,) = _I16.unpack_from(body, pos)
-    pos += 2 + 2 * nformats
-    (nparams,) = _I16.unpack_from(body, pos)
-    pos += 2
-    for _ in range(nparams):
-        (length,) = _I32.unpack_from(body, pos)
-        pos += 4 + max(length, 0)
+    pos = _bind_parts(body, 0)[4]
     (nresults,) = _I16.unpack_from(body, pos)
     return nresults > 0 and _I16.unpack_from(body, pos + 2)[0] == 1
 
