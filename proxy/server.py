@@ -37,6 +37,7 @@ from proxy.frontend.settings import (
 )
 from proxy.frontend.startup import CancelTarget, ClientStream, authenticate, negotiate
 from proxy.frontend.statements import StatementCache
+from proxy.sql.merge import MergePlan, plan_merge
 from proxy.sql.planner import Planner
 from proxy.wire import messages as m
 
@@ -82,6 +83,11 @@ class Proxy:
         # Parameter type OIDs the shards reported for statements whose Parse left them
         # unspecified (asyncpg binds binary values that way): server name -> OIDs.
         self.param_oids: dict[str, tuple[int, ...]] = {}
+        # Cross-shard SELECTs that need a merge: plans by statement text (bounded), the
+        # shards' collation (asked once), and the cap on groups / distinct rows held.
+        self._merge_plans: dict[str, MergePlan | ShardwireError] = {}
+        self.collation: str | None = None
+        self.max_groups = 1_000_000
         self.max_server_statements = 2000
         self.shutting_down = False
         self._server: asyncio.Server | None = None
@@ -174,6 +180,21 @@ class Proxy:
                         lifetime=pc.server_lifetime or float("inf"))
             self.pools[key] = pool
         return pool
+
+    def merge_plan(self, sql: str) -> MergePlan:
+        """The merge plan of a cross-shard SELECT (cached); raises what planning raised."""
+        plan = self._merge_plans.get(sql)
+        if plan is None:
+            try:
+                plan = plan_merge(sql)
+            except ShardwireError as exc:
+                plan = exc
+            if len(self._merge_plans) >= 4096:
+                self._merge_plans.clear()
+            self._merge_plans[sql] = plan
+        if isinstance(plan, ShardwireError):
+            raise plan
+        return plan
 
     @staticmethod
     def session_only(sql: str) -> str | None:

@@ -17,17 +17,21 @@ final COMMITs can leave it partly applied (two-phase commit closes that gap late
 from __future__ import annotations
 
 import logging
+import struct
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
 from proxy.backend.connection import ServerConnection
 from proxy.errors import FeatureNotSupported, InternalError, ProtocolViolation, ShardwireError
+from proxy.exec.merge import engine
+from proxy.exec.merge.engine import Request
 from proxy.exec.scatter import HIDDEN, RowCombiner, Step, gather
-from proxy.frontend.routing import in_order, sum_counts, sum_counts_binary
+from proxy.frontend.routing import in_order
 from proxy.frontend.settings import parse_tracked, sync_sql
 from proxy.frontend.statements import split_statements
 from proxy.sql.copy import CopySplitter, column_order_sql, key_index_of
+from proxy.sql.merge import MergePlan
 from proxy.sql.route import Route
 from proxy.wire import messages as m
 from proxy.wire.framing import Frame
@@ -321,9 +325,7 @@ async def _query(session: ClientSession, route: Route, sql: str, servers: Held) 
     for server in conns:
         server.send(m.query(texts.get(server.shard, sql)))
     combine: RowCombiner | None = None
-    if route.needs_merge:
-        combine = sum_counts
-    elif route.rewrites and route.rewrite_rows:
+    if route.rewrites and route.rewrite_rows:
         combine = in_order(route.rewrite_rows)  # type: ignore[assignment]
     header = bool(route.copy_options and route.copy_options.header)
     steps: list[Step] = [(m.QUERY, tuple(range(len(conns))))]
@@ -448,9 +450,7 @@ async def _extended(session: ClientSession, servers: Held, batch: Batch) -> None
             server.send(payload)
     steps.extend((mtype, every) for mtype, _ in messages)
     combine: RowCombiner | None = None
-    if batch.route.needs_merge:
-        combine = sum_counts_binary if m.bind_result_binary(messages[0][1]) else sum_counts
-    elif batch.rewrites is not None and batch.route.rewrite_rows:
+    if batch.rewrites is not None and batch.route.rewrite_rows:
         combine = in_order(batch.route.rewrite_rows)  # type: ignore[assignment]
     await gather(conns, steps, session.write, forward_ready=True, combine=combine,
                  replicas=_replicas(session, batch.route), limit=batch.limit)
@@ -737,3 +737,92 @@ def _shard_error(error: bytes, shard: str) -> ShardwireError:
     detail = f"{fields['D']} ({where})" if fields.get("D") else f"error {where}"
     return ShardwireError(fields.get("M", "error"), sqlstate=fields.get("C", "XX000"),
                           detail=detail, hint=fields.get("H"))
+
+
+# ---------------------------------------------------------------------- merged SELECT
+async def merge(session: ClientSession, route: Route, plan: MergePlan, sql: str,
+                region: bytes, frames: list[Frame], index: int, simple: bool) -> None:
+    """A cross-shard SELECT whose result is combined by the merge engine."""
+    req = Request(sql=sql)
+    describe = True
+    resume = index + 1
+    if not simple:
+        shaped = _merge_request(session, sql, region, frames, index)
+        if isinstance(shaped, ShardwireError):
+            session._busy = False
+            session.reject(shaped, simple=False)
+            _go_on(session, region, frames, resume)
+            return
+        req, describe, count = shaped
+        resume = index + count
+
+    async def body(servers: Held) -> bool:
+        conns = [server for server, _ in servers]
+        collation = await _collation(session, conns[0])
+        if not simple:
+            session.write(m.BIND_COMPLETE_MSG)
+        try:
+            await engine.run(plan, conns, req, session.write, describe=describe,
+                             collation=collation, max_groups=session.proxy.max_groups)
+        except engine.ShardError as exc:
+            session.write(exc.message())
+            if not simple:
+                session.skipping = False
+        except ShardwireError as exc:
+            session.send_error(exc)
+        if not simple:
+            session.batch_open = session.batch_executed = False
+            session.write(m.ready_for_query(session.client_status()))
+        return False
+
+    await _run(session, route.shards, body, region, frames, resume, simple)
+
+
+def _merge_request(session: ClientSession, sql: str, region: bytes, frames: list[Frame],
+                   index: int) -> tuple[Request, bool, int] | ShardwireError:
+    """The client's Bind (at `index`) through its Sync as a merge request: parameters,
+    result formats, whether it described the portal, and how many frames it spans."""
+    _, start, end = frames[index]
+    portal, pos = m.read_cstr(region, start)
+    name, pos = m.read_cstr(region, pos)
+    stmt = session.stmts.get(name)
+    if stmt is None:
+        return ShardwireError(f'prepared statement "{name}" does not exist', sqlstate="26000")
+    _, _, values, results = m.decode_bind(region, start, end)
+    (nres,) = struct.unpack_from("!h", region, results)
+    formats = struct.unpack_from(f"!{nres}h", region, results + 2) if nres else ()
+    types = session._param_types(stmt) or ()
+    req = Request(sql=stmt.query,
+                  param_types=struct.pack(f"!h{len(types)}I", len(types), *types),
+                  params=region[pos:results], values=values, formats=tuple(formats))
+    describe = False
+    for i in range(index + 1, len(frames)):
+        mtype, s, e = frames[i]
+        if mtype == m.DESCRIBE and region[s] == ord("P"):
+            describe = True
+        elif mtype == m.EXECUTE:
+            req.max_rows = m.execute_max_rows(region, s, e)
+            if req.max_rows and portal != "":
+                return FeatureNotSupported(
+                    "a cursor (a named portal fetched a limited number of rows at a time) "
+                    "over a merged cross-shard result is not supported yet",
+                    hint="fetch all rows at once (no fetch size / cursor)")
+        elif mtype == m.SYNC:
+            return req, describe, i - index + 1
+        elif mtype != m.FLUSH:
+            break
+    return FeatureNotSupported(
+        "a cross-shard SELECT that needs a merge must arrive as Bind, Describe, Execute and "
+        "Sync in one write", hint="libpq, JDBC, psycopg and asyncpg do so; so should this "
+        "client")
+
+
+async def _collation(session: ClientSession, server: ServerConnection) -> str:
+    """The shards' text ordering (their database collation), asked once per proxy."""
+    proxy = session.proxy
+    if proxy.collation is None:
+        answer = await _run_query(server, "SHOW lc_collate")
+        if answer.error is not None:
+            raise _shard_error(answer.error, server.shard)
+        proxy.collation = answer.column(0)[0] if answer.rows else "C"
+    return proxy.collation

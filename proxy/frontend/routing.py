@@ -11,10 +11,6 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from proxy.errors import FeatureNotSupported
-from proxy.sql.route import Route
-from proxy.wire import messages as m
-
 TxnVerb = Literal["begin", "commit", "rollback", "savepoint", "prepared", "other"]
 
 _COMMENTS = r"(?:\s+|--[^\n]*(?:\n|$)|/\*(?:[^*]|\*(?!/))*\*/)*"
@@ -23,13 +19,6 @@ _WORDS = re.compile(_COMMENTS + r"([A-Za-z_]+)(?:" + _COMMENTS + r"([A-Za-z_]+))
 _ENDS_TXN = re.compile(
     r"(?:^|;)" + _COMMENTS + r"(?:commit|end|rollback|abort|prepare\s+transaction)\b",
     re.IGNORECASE)
-# `SELECT count(*) FROM t [WHERE ...]`: per-shard counts add up to the answer. The WHERE
-# may hold no subquery (the planner routed it; each shard filters its own rows).
-_COUNT_ONLY = re.compile(
-    r"\s*select\s+count\s*\(\s*\*\s*\)\s+from\s+[\w.\"]+(?:\s+where\s+[^;]*)?\s*;?\s*",
-    re.IGNORECASE)
-_SUBQUERY = re.compile(r"\(\s*(?:select|with|values)\b", re.IGNORECASE)
-
 # Statements that read no table: any shard answers them the same way.
 FLOATING_SOURCES = frozenset({"anywhere", "transaction"})
 FLOATING_TYPES = frozenset({"set", "show", "transaction", "empty"})
@@ -62,38 +51,6 @@ def txn_verb(sql: str) -> TxnVerb:
 def ends_transaction(sql: str) -> bool:
     """Whether a (multi-statement) query string commits or rolls back a transaction."""
     return _ENDS_TXN.search(sql) is not None
-
-
-def is_count_only(sql: str) -> bool:
-    """A plain ``SELECT count(*) FROM table [WHERE ...]``: its shards' counts add up."""
-    return _COUNT_ONLY.fullmatch(sql) is not None and _SUBQUERY.search(sql) is None
-
-
-def sum_counts(rows: list[list[bytes]], *, binary: bool = False) -> list[bytes]:
-    """Combine each shard's single ``count(*)`` DataRow into one (text format, or the
-    binary int8 of an extended-protocol client that asked for binary results)."""
-    total = 0
-    for shard_rows in rows:
-        for row in shard_rows:
-            # DataRow: type, length, int16 column count, int32 value length, value
-            length = int.from_bytes(row[7:11], "big", signed=True)
-            value = row[11:11 + length] if length > 0 else b"0"
-            total += int.from_bytes(value, "big", signed=True) if binary else int(value)
-    return [m.data_row([total.to_bytes(8, "big", signed=True) if binary
-                        else str(total).encode()])]
-
-
-def sum_counts_binary(rows: list[list[bytes]]) -> list[bytes]:
-    return sum_counts(rows, binary=True)
-
-
-def merge_refusal(route: Route) -> FeatureNotSupported:
-    """The error for a cross-shard result that needs the scatter-gather merge engine."""
-    return FeatureNotSupported(
-        f"cross-shard {route.statement_type.upper()} that needs a merge is not supported "
-        f"yet ({route.reason})",
-        hint="add the shard key to the WHERE clause so the statement reaches one shard, "
-             "or a /* shard: NAME */ hint to read one shard")
 
 
 def in_order(rows_of: tuple[tuple[int, ...], ...]) -> object:

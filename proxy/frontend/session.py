@@ -30,8 +30,6 @@ from proxy.frontend.routing import (
     FLOATING_SOURCES,
     FLOATING_TYPES,
     ends_transaction,
-    is_count_only,
-    merge_refusal,
     txn_verb,
 )
 from proxy.frontend.settings import (
@@ -189,7 +187,7 @@ class ClientSession:
         # The client's implicit transaction (an extended batch) spread over shards: its
         # Sync commits every participant (see _drained).
         self.implicit_txn = False
-        self._lookahead: tuple[int, int, str | None] | None = None  # (region id, Bind, shard)
+        self._lookahead: tuple[int, int, str] | None = None  # (region id, Bind, shard)
 
     # ----------------------------------------------------------------- client -> server
     async def run(self, rest: bytes) -> None:
@@ -347,26 +345,40 @@ class ClientSession:
             return self.dispatch(self.plan(sql), sql, region, frames, index - 1, simple=True)
         if mtype == m.PARSE:
             return self._shard_of_batch(region, frames, index)
-        try:
-            _, name, values, _ = m.decode_bind(region, start, end)
-        except (ValueError, struct.error):
-            return self._floating()  # Postgres reports the malformed Bind
-        stmt = self.stmts.get(name)
-        if stmt is None:
-            return self._floating()  # Postgres reports the missing statement
         look = self._lookahead
         if look is not None and look[0] == id(region) and look[1] == start:
-            self._lookahead = None
-            if look[2] is not None and (self.server is None or self.server.shard == look[2]):
+            self._lookahead = None  # decided at the Parse in front of it
+            if self.server is None or self.server.shard == look[2]:
                 return look[2]
-        types = self._param_types(stmt)
-        plan = self.planner.prepare(stmt.query)  # type: ignore[union-attr]
-        if self.hint_shard is None and self.hint_key is None and not self.deferred_failed:
-            shard = plan.quick_shard(values, types)
+        try:
+            nul = region.index(b"\x00", start)
+            pos = region.index(b"\x00", nul + 1)
+            stmt = self.stmts.get(region[nul + 1:pos].decode("utf-8", "surrogateescape"))
+            if stmt is None:
+                return self._floating()  # Postgres reports the missing statement
+            plan = self.planner.prepare(stmt.query)  # type: ignore[union-attr]
+            shard = self._quick_bind(plan, stmt, region, pos + 1)
             if shard is not None:
                 return shard
-        route = self.plan(stmt.query, values, types, plan)
+            _, _, values, _ = m.decode_bind(region, start, end)
+        except (ValueError, struct.error):
+            return self._floating()  # Postgres reports the malformed Bind
+        route = self.plan(stmt.query, values, self._param_types(stmt), plan)
         return self.dispatch(route, stmt.query, region, frames, index - 1, simple=False)
+
+    def _quick_bind(self, plan: PreparedPlan, stmt: Statement, region: bytes,
+                    pos: int) -> str | None:
+        """The hot path of a Bind: the shard from the one parameter that decides it."""
+        quick = plan.quick_param
+        if (quick is None or self.hint_shard is not None or self.hint_key is not None
+                or self.deferred_failed):
+            return None
+        types = stmt.param_types
+        oid = types[quick] if quick < len(types) else 0
+        if oid == 0:
+            reported = self.proxy.param_oids.get(stmt.server_name)
+            oid = reported[quick] if reported and quick < len(reported) else 0
+        return plan.quick_value(m.bind_param(region, pos, quick), oid)
 
     def plan(self, sql: str, params: list[str | bytes | None] | None = None,
              param_types: tuple[int, ...] | None = None,
@@ -409,20 +421,21 @@ class ClientSession:
             if mtype != m.BIND:
                 continue
             try:
-                _, name, values, _ = m.decode_bind(region, start, end)
-            except (ValueError, struct.error):
-                break
-            stmt = parsed if name == parse_name else self.stmts.get(name)
-            if stmt is None:
-                break
-            sql, types = stmt.query, self._param_types(stmt)
-            plan = self.planner.prepare(sql)
-            if self.hint_shard is None and self.hint_key is None:
-                shard = plan.quick_shard(values, types)
+                nul = region.index(b"\x00", start)
+                pos = region.index(b"\x00", nul + 1)
+                name = region[nul + 1:pos].decode("utf-8", "surrogateescape")
+                stmt = parsed if name == parse_name else self.stmts.get(name)
+                if stmt is None:
+                    break
+                plan = self.planner.prepare(stmt.query)
+                shard = self._quick_bind(plan, stmt, region, pos + 1)
                 if shard is not None:
                     self._lookahead = (id(region), start, shard)
                     return shard
-            route = self.plan(sql, values, types, plan)
+                _, _, values, _ = m.decode_bind(region, start, end)
+            except (ValueError, struct.error):
+                break
+            route = self.plan(stmt.query, values, self._param_types(stmt), plan)
             if route.error is not None or route.statement_type in _LOCAL_TYPES:
                 break
             if route.source in FLOATING_SOURCES or route.statement_type in FLOATING_TYPES:
@@ -462,9 +475,13 @@ class ClientSession:
                 return None
             return shards[0]
         # several shards
-        if route.needs_merge and not is_count_only(sql):
-            self.reject(merge_refusal(route), simple=simple)
-            return None
+        merged = None
+        if route.needs_merge:
+            try:
+                merged = self.proxy.merge_plan(sql)
+            except ShardwireError as exc:
+                self.reject(exc, simple=simple)
+                return None
         if stype == "multi":
             self.reject(FeatureNotSupported(
                 "a multi-statement query whose statements need several shards is not "
@@ -475,6 +492,9 @@ class ClientSession:
             return None
         if self._failed_shard() is not None:
             return self._failed_shard()  # Postgres answers 25P02 there
+        if merged is not None:
+            self.go_async(fanout.merge(self, route, merged, sql, region, frames, index, simple))
+            return None
         self.go_async(fanout.statement(self, route, sql, region, frames, index, simple))
         return None
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from proxy.config import Config, qualify_table_name
@@ -40,6 +40,8 @@ __all__ = ["Planner", "PreparedPlan"]
 _NUMBERS = re.compile(r"(?<![\w$.])(\d+)(?![\w.])")
 _NOT_QUICK = ("'", '"', "-", "/", "$", "\\", ";;")
 _QUICK_CAPACITY = 4096
+_INT_OIDS = frozenset({20, 21, 23})
+_INT_TEXT_OIDS = frozenset({0, 20, 21, 23})
 _HEAD = re.compile(r"(?:\s+|--[^\n]*(?:\n|$)|/\*(?:[^*]|\*(?!/))*\*/)*([A-Za-z_]+|\()")
 _NO_HINTS = frozenset({"transaction", "set", "shardwire_set", "shardwire_show", "empty"})
 
@@ -47,7 +49,8 @@ _NO_HINTS = frozenset({"transaction", "set", "shardwire_set", "shardwire_show", 
 class PreparedPlan:
     """One statement text, analysed: route it with :meth:`route` for each set of parameters."""
 
-    __slots__ = ("_memo", "_rows", "hints", "literals", "planner", "sql", "template")
+    __slots__ = ("_memo", "_rows", "hints", "literals", "planner", "quick_int", "quick_param",
+                 "sql", "template")
 
     def __init__(self, planner: Planner, sql: str, template: Any,
                  literals: tuple[KeyValue, ...], hints: list[Hint]) -> None:
@@ -58,10 +61,28 @@ class PreparedPlan:
         self.hints = hints
         self._memo: tuple[str | None, Route] | None = None
         self._rows: InsertRows | None = None
+        # The Bind parameter that alone decides the shard (see quick_value), or None.
+        q = getattr(template, "quick", None)
+        self.quick_param: int | None = (q[1][1] if q is not None and q[1][0] == "param"
+                                        and not hints else None)
+        self.quick_int: Callable[[int], str | None] | None = (
+            q[0].int_shard if q is not None else None)
 
     @property
     def statement_type(self) -> str:
         return self.template.statement_type
+
+    def quick_value(self, value: object | None, param_type: int) -> str | None:
+        """The shard for the value of parameter `quick_param` (see quick_shard)."""
+        if value is None:
+            return None
+        fast = self.quick_int
+        if fast is not None:
+            if value.__class__ is str and param_type in _INT_TEXT_OIDS and value.isdigit():  # type: ignore[union-attr]
+                return fast(int(value))  # type: ignore[arg-type]
+            if value.__class__ is bytes and param_type in _INT_OIDS and len(value) in (2, 4, 8):  # type: ignore[arg-type]
+                return fast(int.from_bytes(value, "big", signed=True))  # type: ignore[arg-type]
+        return self.template.quick_shard(decode_param(value, param_type))  # type: ignore[no-any-return]
 
     def quick_shard(self, params: Sequence[object | None] | None,
                     param_types: Sequence[int] | None) -> str | None:
@@ -239,7 +260,7 @@ class Planner:
         self._plans: OrderedDict[str, PreparedPlan] = OrderedDict()
         # quick_text: the text with its integers blanked -> (template, which integer is
         # the key), or None when that shape is not for the quick path
-        self._quick: dict[str, tuple[Any, int] | None] = {}
+        self._quick: dict[str, tuple[Callable[[int], str | None], int] | None] = {}
         self.hits = 0
         self.misses = 0
         self.quick_hits = 0
@@ -298,10 +319,11 @@ class Planner:
         if entry is None:
             return None
         self.quick_hits += 1
-        template, index = entry
-        return template.quick_shard(KeyValue("int", int(parts[2 * index + 1])))  # type: ignore[no-any-return]
+        shard_of, index = entry
+        return shard_of(int(parts[2 * index + 1]))
 
-    def _learn_quick(self, sql: str, parts: list[str]) -> tuple[Any, int] | None:
+    def _learn_quick(self, sql: str, parts: list[str]
+                     ) -> tuple[Callable[[int], str | None], int] | None:
         plan = self.prepare(sql)
         q = getattr(plan.template, "quick", None)
         if q is None or plan.hints or q[1][0] != "lit":
@@ -318,7 +340,10 @@ class Planner:
             pos += len(part)
         if [(s[0], s[1]) for s in slots] != numbers:
             return None  # the analysis saw other literals: not a shape for the quick path
-        return plan.template, q[1][1]
+        template = plan.template
+        shard_of = q[0].int_shard or (
+            lambda n: template.quick_shard(KeyValue("int", n)))  # type: ignore[no-any-return]
+        return shard_of, q[1][1]
 
     def cache_stats(self) -> dict[str, dict[str, int]]:
         """Hit/miss counters: ``plans`` (by exact text), ``templates`` (by normalised text;

@@ -207,22 +207,15 @@ def _check_int(value: object, kind: str) -> int:
     return value
 
 
-def hash_int(value: int, kind: str = "int8") -> int:
-    """Extended hash (partition seed) of an ``int2``/``int4``/``int8`` value.
-
-    All three kinds give the same result for the same number (see the module
-    docstring); ``kind`` only selects the accepted range.
-    """
-    value = _check_int(value, kind)
+def hash_int8(value: int) -> int:
+    """:func:`hash_int` of a value already known to be in the int8 range (the router's hot
+    path: no checks)."""
     lohalf = value & _M32
     if value >= 0:
         lohalf ^= value >> 32
     else:
-        # Complement of the (sign-extended) high word, as a uint32.
         lohalf ^= ~(value >> 32) & _M32
     a, b, c = _PARTITION_STATE_4
-    # _final((a + lohalf) & _M32, b, c), written out: this runs for every routed statement
-    # with an integer key, and the calls cost more than the arithmetic.
     m = _M32
     a = (a + lohalf) & m
     c ^= b
@@ -239,6 +232,24 @@ def hash_int(value: int, kind: str = "int8") -> int:
     b = (b - (((a << 14) | (a >> 18)) & m)) & m
     c ^= b
     c = (c - (((b << 24) | (b >> 8)) & m)) & m
+    return (b << 32) | c
+
+
+def hash_int(value: int, kind: str = "int8") -> int:
+    """Extended hash (partition seed) of an ``int2``/``int4``/``int8`` value.
+
+    All three kinds give the same result for the same number (see the module
+    docstring); ``kind`` only selects the accepted range.
+    """
+    value = _check_int(value, kind)
+    lohalf = value & _M32
+    if value >= 0:
+        lohalf ^= value >> 32
+    else:
+        # Complement of the (sign-extended) high word, as a uint32.
+        lohalf ^= ~(value >> 32) & _M32
+    a, b, c = _PARTITION_STATE_4
+    a, b, c = _final((a + lohalf) & _M32, b, c)
     return (b << 32) | c
 
 

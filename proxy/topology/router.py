@@ -52,6 +52,7 @@ from proxy.config import Config, Table, qualify_table_name, range_bound_key
 from proxy.errors import ShardwireError
 from proxy.topology.hashing import (
     hash_int,
+    hash_int8,
     hash_text,
     hash_uuid,
     normalize_type_name,
@@ -287,6 +288,23 @@ class Dist:
         return key
 
     # ----------------------------------------------------------------- atoms
+
+    @property
+    def int_shard(self) -> Callable[[int], str | None] | None:
+        """For hash tables whose key hashes as an integer: ``n -> shard`` in one call (the
+        routing hot path), else None."""
+        if self.strategy != "hash" or self._key_type not in (None, "int8"):
+            return None
+        assignment = self.assignment
+        buckets = self.buckets
+        combine = _COMBINE
+
+        def shard(n: int) -> str | None:
+            if not _INT8_MIN <= n <= _INT8_MAX:
+                return None
+            return assignment[((hash_int8(n) + combine) & _M64) % buckets]
+
+        return shard
 
     def bucket(self, kv: KeyValue) -> int | None:
         """The bucket of a hash key value; None when the value cannot be hashed."""

@@ -282,6 +282,29 @@ def _bind_parts(body: bytes, start: int
     return portal, stmt, formats, raw, pos
 
 
+def bind_param(body: bytes, pos: int, index: int) -> str | bytes | None:
+    """One parameter of a Bind body whose names end at `pos` (text format as str, binary
+    as bytes, None for NULL or when there is no such parameter): the router's hot path,
+    without decoding the others."""
+    (nformats,) = _I16.unpack_from(body, pos)
+    fpos = pos + 2
+    pos = fpos + 2 * nformats
+    (nparams,) = _I16.unpack_from(body, pos)
+    if index >= nparams:
+        return None
+    pos += 2
+    for _ in range(index):
+        (length,) = _I32.unpack_from(body, pos)
+        pos += 4 + max(length, 0)
+    (length,) = _I32.unpack_from(body, pos)
+    if length < 0:
+        return None
+    raw = body[pos + 4:pos + 4 + length]
+    fmt = 0 if nformats == 0 else _I16.unpack_from(
+        body, fpos if nformats == 1 else fpos + 2 * index)[0]
+    return raw if fmt == 1 else raw.decode("utf-8", "surrogateescape")
+
+
 def _format_of(formats: tuple[int, ...], index: int) -> int:
     return formats[0] if len(formats) == 1 else formats[index] if formats else 0
 

@@ -1,0 +1,604 @@
+"""Owns executing a :class:`~proxy.sql.merge.MergePlan` on detached shard servers.
+
+Each shard runs the plan's ``shard_sql`` as an unnamed portal fetched in batches
+(``Execute`` with a row limit, then ``Flush``), so a sorted merge holds at most one batch
+per shard and stops asking once LIMIT is met; the portal goes at the final ``Sync``.
+Shard 0 also describes the client's own statement, so the client gets the RowDescription
+one Postgres would send.
+
+Rows that need no recomputation are forwarded as the shards' bytes (helper columns cut);
+aggregates are decoded, combined with Postgres' rules and encoded in the format the
+client asked for (:mod:`proxy.exec.merge.values`).
+"""
+
+from __future__ import annotations
+
+import heapq
+import struct
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from proxy.backend.connection import ServerConnection
+from proxy.errors import FeatureNotSupported, ShardwireError
+from proxy.exec.merge import values as v
+from proxy.sql.merge import AggSpec, Bound, MergePlan, SortKey
+from proxy.wire import messages as m
+
+BATCH = 1000  # rows per Execute
+_I16 = struct.Struct("!h")
+_I32 = struct.Struct("!i")
+
+
+class ShardError(Exception):
+    """A shard answered with an ErrorResponse (its fields, and the shard's name)."""
+
+    def __init__(self, fields: dict[str, str], shard: str) -> None:
+        super().__init__(fields.get("M", "error"))
+        self.fields = fields
+        self.shard = shard
+
+    def message(self) -> bytes:
+        fields = dict(self.fields)
+        where = f'on shard "{self.shard}"'
+        fields["D"] = f"{fields['D']} ({where})" if fields.get("D") else f"error {where}"
+        body = b"".join(c.encode() + m.cstr(val) for c, val in fields.items()) + b"\x00"
+        return m.message(m.ERROR_RESPONSE, body)
+
+
+@dataclass
+class Column:
+    """A column of a RowDescription: the raw 18-byte field tail and its parts we use."""
+
+    name: bytes
+    rest: bytearray  # table oid, attnum, type oid, typlen, typmod, format (18 bytes)
+
+    @property
+    def oid(self) -> int:
+        return int.from_bytes(self.rest[6:10], "big")
+
+    @property
+    def binary(self) -> bool:
+        return self.rest[16:18] == b"\x00\x01"
+
+
+def parse_row_description(body: bytes) -> list[Column]:
+    (count,) = _I16.unpack_from(body, 0)
+    pos = 2
+    out = []
+    for _ in range(count):
+        end = body.index(b"\x00", pos)
+        out.append(Column(body[pos:end], bytearray(body[end + 1:end + 19])))
+        pos = end + 19
+    return out
+
+
+def row_description(columns: Sequence[Column]) -> bytes:
+    body = _I16.pack(len(columns)) + b"".join(c.name + b"\x00" + bytes(c.rest)
+                                              for c in columns)
+    return m.message(m.ROW_DESCRIPTION, body)
+
+
+def split_row(body: bytes) -> list[bytes | None]:
+    """A DataRow body's column values (None for NULL)."""
+    (count,) = _I16.unpack_from(body, 0)
+    pos = 2
+    out: list[bytes | None] = []
+    for _ in range(count):
+        (length,) = _I32.unpack_from(body, pos)
+        pos += 4
+        if length < 0:
+            out.append(None)
+        else:
+            out.append(body[pos:pos + length])
+            pos += length
+    return out
+
+
+def data_row(values: Sequence[bytes | None]) -> bytes:
+    return m.data_row(values)
+
+
+class Stream:
+    """One shard's portal, read in batches."""
+
+    def __init__(self, server: ServerConnection) -> None:
+        self.server = server
+        self.rows: deque[bytes] = deque()
+        self.done = False
+        self.suspended = False
+        self.description: list[Column] | None = None
+        self.original: list[Column] | None = None  # shard 0: the client's statement
+        self.tag: bytes | None = None
+
+    async def read(self, *, until_rows: bool) -> None:
+        """Read answers up to the end of the current Execute (or the first description)."""
+        server = self.server
+        while True:
+            mtype, body = await server.recv()
+            if mtype == m.DATA_ROW:
+                self.rows.append(body)
+            elif mtype == m.PORTAL_SUSPENDED:
+                self.suspended = True
+                return
+            elif mtype == m.COMMAND_COMPLETE:
+                self.tag = body[:-1]
+                self.done = True
+                self.suspended = False
+                return
+            elif mtype == m.ROW_DESCRIPTION:
+                if self.original is None and self._describing:
+                    self.original = parse_row_description(body)
+                    self._describing = False
+                else:
+                    self.description = parse_row_description(body)
+                    if not until_rows:
+                        return
+            elif mtype == m.ERROR_RESPONSE:
+                raise ShardError(m.decode_fields(body), server.shard)
+            elif mtype == m.NO_DATA and self._describing:
+                self.original = []
+                self._describing = False
+            elif mtype == m.PARAMETER_STATUS:
+                name, value = m.decode_parameter_status(body)
+                server.params[name] = value
+            # ParseComplete, BindComplete, ParameterDescription, notices: nothing to do
+
+    _describing = False
+
+    async def next_row(self) -> bytes | None:
+        if not self.rows:
+            if self.done:
+                return None
+            self.server.send(_execute_flush())
+            await self.read(until_rows=True)
+            if not self.rows:
+                return None
+        return self.rows.popleft()
+
+
+def _execute_flush() -> bytes:
+    return m.message(m.EXECUTE, b"\x00" + _I32.pack(BATCH)) + m.message(m.FLUSH)
+
+
+@dataclass
+class Request:
+    """What the client asked: parameters (as its Bind carried them) and result formats."""
+
+    sql: str  # the client's statement, described on shard 0
+    param_types: bytes = b"\x00\x00"  # the Parse's parameter type section
+    params: bytes = b"\x00\x00\x00\x00"  # the Bind's parameter format + value sections
+    values: Sequence[object | None] = ()  # decoded, for LIMIT/OFFSET parameters
+    formats: tuple[int, ...] = ()  # the Bind's result format codes (empty: all text)
+    max_rows: int = 0  # the client's Execute row limit
+
+
+def _format_for(formats: tuple[int, ...], i: int) -> int:
+    if not formats:
+        return 0
+    if len(formats) == 1:
+        return formats[0]
+    return formats[i] if i < len(formats) else 0
+
+
+async def run(plan: MergePlan, servers: Sequence[ServerConnection], req: Request,
+              write: Callable[[bytes], None], *, describe: bool, collation: str | None,
+              max_groups: int) -> tuple[int, bool]:
+    """Run the plan; write RowDescription (when `describe`), rows, CommandComplete (or
+    PortalSuspended). Returns (rows sent, suspended). Raises ShardError / ShardwireError
+    after bringing every server back to ReadyForQuery."""
+    streams = [Stream(s) for s in servers]
+    try:
+        return await _run(plan, streams, req, write, describe=describe, collation=collation,
+                          max_groups=max_groups)
+    finally:
+        for st in streams:
+            st.server.send(m.SYNC_MSG)
+        for st in streams:
+            await _until_ready(st.server)
+
+
+async def _until_ready(server: ServerConnection) -> None:
+    while True:
+        mtype, body = await server.recv()
+        if mtype == m.READY_FOR_QUERY:
+            server.status = body[:1]
+            return
+
+
+async def _run(plan: MergePlan, streams: list[Stream], req: Request,
+               write: Callable[[bytes], None], *, describe: bool, collation: str | None,
+               max_groups: int) -> tuple[int, bool]:
+    shard_formats = _shard_formats(plan, req)
+    bind = (m.cstr("") + m.cstr("") + req.params
+            + _I16.pack(len(shard_formats)) + b"".join(_I16.pack(f) for f in shard_formats))
+    parse = m.message(m.PARSE, m.cstr("") + m.cstr(plan.shard_sql) + req.param_types)
+    first = streams[0]
+    first._describing = True
+    head = (m.message(m.PARSE, m.cstr("") + m.cstr(req.sql) + req.param_types)
+            + m.message(m.DESCRIBE, b"S\x00"))
+    for i, st in enumerate(streams):
+        st.server.send((head if i == 0 else b"") + parse + m.message(m.BIND, bind)
+                       + m.message(m.DESCRIBE, b"P\x00") + _execute_flush())
+    for st in streams:
+        await st.read(until_rows=True)
+    original = first.original or []
+    shard_desc = first.description or []
+    for i, col in enumerate(original):
+        col.rest[16:18] = _I16.pack(_format_for(req.formats, i))
+    out_codecs = [v.codec_for(c.oid) for c in original]
+    if describe:
+        write(row_description(original))
+    limit = _bound(plan.limit, req)
+    offset = _bound(plan.offset, req) or 0
+    if plan.aggregate:
+        rows = _aggregate(plan, streams, shard_desc, collation, max_groups)
+        merged = await rows
+        out = _finish_groups(plan, merged, shard_desc, out_codecs, original, collation)
+        return _emit(out, limit, offset, req.max_rows, write)
+    width = len(shard_desc) - plan.helpers
+    keys = [_key_reader(k, shard_desc, width, collation) for k in plan.order]
+    source = _merged(streams, keys) if keys else _concat(streams)
+    if plan.distinct_on is not None:
+        on = [_value_reader(c, shard_desc, collation) for c in plan.distinct_on]
+        source = _distinct_on(source, on)
+    elif plan.distinct:
+        readers = [_value_reader(c, shard_desc, collation) for c in range(width)]
+        source = _distinct(source, readers, max_groups)
+    sent = 0
+    skipped = 0
+    batch: list[bytes] = []
+    async for body in source:
+        if skipped < offset:
+            skipped += 1
+            continue
+        if limit is not None and sent >= limit:
+            break
+        if req.max_rows and sent >= req.max_rows:
+            _flush(batch, write)
+            write(m.message(m.PORTAL_SUSPENDED))
+            return sent, True
+        if plan.helpers:
+            body = data_row(split_row(body)[:width])[5:]
+        batch.append(m.message(m.DATA_ROW, body))
+        sent += 1
+        if len(batch) >= 256:
+            _flush(batch, write)
+    _flush(batch, write)
+    write(m.command_complete(f"SELECT {sent}"))
+    return sent, False
+
+
+def _flush(batch: list[bytes], write: Callable[[bytes], None]) -> None:
+    if batch:
+        write(b"".join(batch))
+        batch.clear()
+
+
+def _emit(rows: list[list[bytes | None]], limit: int | None, offset: int, max_rows: int,
+          write: Callable[[bytes], None]) -> tuple[int, bool]:
+    rows = rows[offset:]
+    if limit is not None:
+        rows = rows[:limit]
+    suspended = bool(max_rows) and len(rows) > max_rows
+    if suspended:
+        rows = rows[:max_rows]
+    write(b"".join(data_row(r) for r in rows))
+    if suspended:
+        write(m.message(m.PORTAL_SUSPENDED))
+    else:
+        write(m.command_complete(f"SELECT {len(rows)}"))
+    return len(rows), suspended
+
+
+def _shard_formats(plan: MergePlan, req: Request) -> list[int]:
+    """Result formats the shards are asked for: partials in text; forwarded columns in
+    the client's format (helper sort columns in text)."""
+    if plan.aggregate:
+        return [0]
+    if len(req.formats) <= 1:
+        return list(req.formats)  # one code for all columns, or all text
+    return list(req.formats) + [0] * plan.helpers
+
+
+def _bound(b: Bound | None, req: Request) -> int | None:
+    if b is None:
+        return None
+    if b[0] == "const":
+        return b[1]
+    value = req.values[b[1]] if b[1] < len(req.values) else None
+    if value is None:
+        return None  # LIMIT NULL is LIMIT ALL
+    if isinstance(value, bytes):
+        return int.from_bytes(value, "big", signed=True)
+    return int(str(value))
+
+
+# ---------------------------------------------------------------------- sorting
+class _Desc:
+    __slots__ = ("v",)
+
+    def __init__(self, value: Any) -> None:
+        self.v = value
+
+    def __lt__(self, other: _Desc) -> bool:
+        return bool(other.v < self.v)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Desc) and bool(self.v == other.v)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def _value_reader(column: int, desc: list[Column], collation: str | None
+                  ) -> Callable[[list[bytes | None]], Any]:
+    col = desc[column]
+    codec = v.codec_for(col.oid)
+    binary = col.binary
+    order = v.text_order(collation) if codec.is_text else None
+
+    def read(values: list[bytes | None]) -> Any:
+        raw = values[column]
+        if raw is None:
+            return None
+        value = codec.decode(raw, binary)
+        return order(value) if order is not None else codec.sort_key(value)
+
+    return read
+
+
+def _key_reader(k: SortKey, desc: list[Column], width: int, collation: str | None
+                ) -> Callable[[list[bytes | None]], tuple[Any, ...]]:
+    column = k.column if k.column >= 0 else len(desc) + k.column
+    read = _value_reader(column, desc, collation)
+    null_rank, value_rank = (0, 1) if k.nulls_first else (1, 0)
+    desc_order = k.desc
+
+    def key(values: list[bytes | None]) -> tuple[Any, ...]:
+        value = read(values)
+        if value is None:
+            return (null_rank, 0)
+        return (value_rank, _Desc(value) if desc_order else value)
+
+    return key
+
+
+async def _merged(streams: list[Stream], keys: list[Callable[[list[bytes | None]], Any]]):  # type: ignore[no-untyped-def]
+    heap: list[tuple[Any, int, int, bytes]] = []
+    seq = 0
+
+    def key_of(body: bytes) -> tuple[Any, ...]:
+        values = split_row(body)
+        return tuple(k(values) for k in keys)
+
+    for i, st in enumerate(streams):
+        row = await st.next_row()
+        if row is not None:
+            heap.append((key_of(row), i, seq, row))
+            seq += 1
+    heapq.heapify(heap)
+    while heap:
+        _, i, _, row = heap[0]
+        yield row
+        nxt = await streams[i].next_row()
+        if nxt is None:
+            heapq.heappop(heap)
+        else:
+            seq += 1
+            heapq.heapreplace(heap, (key_of(nxt), i, seq, nxt))
+
+
+async def _concat(streams: list[Stream]):  # type: ignore[no-untyped-def]
+    for st in streams:
+        while (row := await st.next_row()) is not None:
+            yield row
+
+
+async def _distinct(source: Any, readers: list[Callable[[list[bytes | None]], Any]],
+                    cap: int):  # type: ignore[no-untyped-def]
+    seen: set[tuple[Any, ...]] = set()
+    async for body in source:
+        values = split_row(body)
+        key = tuple(_hashable(r(values)) for r in readers)
+        if key in seen:
+            continue
+        if len(seen) >= cap:
+            raise _too_many(cap)
+        seen.add(key)
+        yield body
+
+
+async def _distinct_on(source: Any, readers: list[Callable[[list[bytes | None]], Any]]):  # type: ignore[no-untyped-def]
+    last: tuple[Any, ...] | None = None
+    async for body in source:
+        values = split_row(body)
+        key = tuple(_hashable(r(values)) for r in readers)
+        if key == last:
+            continue
+        last = key
+        yield body
+
+
+def _hashable(value: Any) -> Any:
+    return value if not isinstance(value, list) else tuple(value)
+
+
+def _too_many(cap: int) -> ShardwireError:
+    return ShardwireError(
+        f"a cross-shard query produced more than {cap} groups (merge.max_groups)",
+        sqlstate="53200",
+        hint="add a filter or the shard key, or raise merge.max_groups in the topology")
+
+
+# ---------------------------------------------------------------------- aggregation
+class _Group:
+    __slots__ = ("aggs", "distinct", "keys")
+
+    def __init__(self, keys: list[Any], n: int) -> None:
+        self.keys = keys
+        self.aggs: list[Any] = [None] * n
+        self.distinct: dict[Any, Any] = {}
+
+
+async def _aggregate(plan: MergePlan, streams: list[Stream], desc: list[Column],
+                     collation: str | None, max_groups: int) -> list[_Group]:
+    key_cols = plan.group_keys
+    key_codecs = [(v.codec_for(desc[c].oid), c) for c in key_cols]
+    order = v.text_order(collation)
+    groups: dict[tuple[Any, ...], _Group] = {}
+    specs = plan.aggs
+    partial_codecs: list[list[tuple[v.Codec, int]]] = [
+        [(v.codec_for(desc[c].oid), c) for c in spec.args] for spec in specs]
+    for st in streams:
+        while (body := await st.next_row()) is not None:
+            values = split_row(body)
+            decoded = [None if values[c] is None else codec.decode(values[c], False)
+                       for codec, c in key_codecs]
+            ident = tuple(None if x is None else _hashable(
+                order(x) if codec.is_text else codec.sort_key(x))
+                for x, (codec, _) in zip(decoded, key_codecs, strict=True))
+            g = groups.get(ident)
+            if g is None:
+                if len(groups) >= max_groups:
+                    raise _too_many(max_groups)
+                g = groups[ident] = _Group(decoded, len(specs))
+            for j, spec in enumerate(specs):
+                parts = [None if values[c] is None else codec.decode(values[c], False)
+                         for codec, c in partial_codecs[j]]
+                _fold(g, j, spec, parts, partial_codecs[j][0][0], order)
+    if not key_cols and not groups:
+        groups[()] = _Group([], len(specs))
+    return list(groups.values())
+
+
+def _fold(g: _Group, j: int, spec: AggSpec, parts: list[Any], codec: v.Codec,
+          order: Callable[[str], Any]) -> None:
+    if spec.distinct:
+        value = parts[0]
+        if value is not None:
+            key = _hashable(order(value) if codec.is_text else codec.sort_key(value))
+            g.distinct.setdefault(key, value)
+        return
+    cur = g.aggs[j]
+    func = spec.func
+    if func == "count":
+        g.aggs[j] = (cur or 0) + (parts[0] or 0)
+    elif func == "sum":
+        if parts[0] is not None:
+            g.aggs[j] = parts[0] if cur is None else cur + parts[0]
+    elif func == "avg":
+        s, c = parts
+        if c:
+            total, count = cur or (None, 0)
+            g.aggs[j] = (s if total is None else total + s, count + c)
+    elif func == "min" or func == "max":
+        value = parts[0]
+        if value is None:
+            return
+        if cur is None:
+            g.aggs[j] = value
+            return
+        a = order(value) if codec.is_text else codec.sort_key(value)
+        b = order(cur) if codec.is_text else codec.sort_key(cur)
+        if (a < b) if func == "min" else (b < a):
+            g.aggs[j] = value
+    elif func == "bool_and":
+        if parts[0] is not None:
+            g.aggs[j] = parts[0] if cur is None else (cur and parts[0])
+    elif func == "bool_or":
+        if parts[0] is not None:
+            g.aggs[j] = parts[0] if cur is None else (cur or parts[0])
+
+
+def _final(spec: AggSpec, g: _Group, j: int, out_oid: int) -> Any:
+    if spec.distinct:
+        vals = list(g.distinct.values())
+        if spec.func == "count":
+            return len(vals)
+        if not vals:
+            return None
+        if spec.func == "sum":
+            return sum(vals[1:], vals[0])
+        if spec.func == "avg":
+            return v.average(sum(vals[1:], vals[0]), len(vals), out_oid)
+        if spec.func in ("min", "max"):
+            raise FeatureNotSupported("min/max(DISTINCT) across shards")  # same as plain
+        if spec.func == "bool_and":
+            return all(vals)
+        return any(vals)
+    value = g.aggs[j]
+    if spec.func == "count":
+        return value or 0
+    if spec.func == "avg":
+        if value is None:
+            return None
+        total, count = value
+        return v.average(total, count, out_oid)
+    return value
+
+
+def _finish_groups(plan: MergePlan, groups: list[_Group], desc: list[Column],
+                   out_codecs: list[v.Codec], original: list[Column],
+                   collation: str | None) -> list[list[bytes | None]]:
+    assert plan.outputs is not None
+    n_keys = len(plan.group_keys)
+    rows: list[list[Any]] = []
+    oids = [c.oid for c in original]
+    # the output type of each aggregate, from the column that shows it (helper aggregates
+    # of HAVING / ORDER BY keep their partial's type)
+    agg_oid: dict[int, int] = {}
+    for out, oid in zip(plan.outputs, oids, strict=False):
+        if out.column >= n_keys:
+            agg_oid[out.column - n_keys] = oid
+    for g in groups:
+        row = list(g.keys)
+        for j, spec in enumerate(plan.aggs):
+            oid = agg_oid.get(j, desc[spec.args[0]].oid if spec.func != "avg"
+                              else v.NUMERIC_OID)
+            row.append(_final(spec, g, j, oid))
+        if plan.having is not None and plan.having(row) is not True:
+            continue
+        rows.append(row)
+    order = v.text_order(collation)
+    if plan.order:
+        codecs: dict[int, v.Codec] = {}
+        for k in plan.order:
+            if k.column < n_keys:
+                codecs[k.column] = v.codec_for(desc[plan.group_keys[k.column]].oid)
+        for k in reversed(plan.order):
+            col = k.column
+            codec = codecs.get(col)
+
+            def sk(row: list[Any], col: int = col, codec: v.Codec | None = codec) -> Any:
+                x = row[col]
+                if codec is not None and codec.is_text:
+                    return order(x)
+                return v.generic_sort_key(x) if codec is None else codec.sort_key(x)
+
+            nonnull = [r for r in rows if r[col] is not None]
+            nulls = [r for r in rows if r[col] is None]
+            nonnull.sort(key=sk, reverse=k.desc)
+            rows = nulls + nonnull if k.nulls_first else nonnull + nulls
+    out: list[list[bytes | None]] = []
+    seen: set[tuple[Any, ...]] = set()
+    for row in rows:
+        encoded: list[bytes | None] = []
+        for i, (oc, codec) in enumerate(zip(plan.outputs, out_codecs, strict=True)):
+            x = row[oc.column]
+            binary = original[i].binary
+            encoded.append(None if x is None else codec.encode(_coerce(x, codec), binary))
+        if plan.distinct:
+            key = tuple(encoded)
+            if key in seen:
+                continue
+            seen.add(key)
+        out.append(encoded)
+    return out
+
+
+def _coerce(x: Any, codec: v.Codec) -> Any:
+    if isinstance(x, Decimal) and codec.oid in v.INT_OIDS:
+        return int(x)
+    return x

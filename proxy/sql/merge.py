@@ -1,0 +1,524 @@
+"""Owns planning a cross-shard SELECT whose result needs combining: SQL -> :class:`MergePlan`.
+
+A merge plan is a small tree of primitives, applied by :mod:`proxy.exec.merge.engine` to the
+rows the shards return for ``shard_sql``:
+
+* **shard scan** (every shard of the route, concurrently, in batches);
+* **aggregate** (``GROUP BY`` keys, partial aggregates combined: ``count`` and ``sum`` add
+  up, ``avg`` is ``sum``/``count``, ``min``/``max``/``bool_and``/``bool_or`` fold, a
+  ``DISTINCT`` argument is grouped by on the shards and counted in the proxy);
+* **filter** (``HAVING``, evaluated after the merge);
+* **sort** (a k-way merge of the shards' sorted streams, or a sort of the merged groups);
+* **distinct** / **distinct on**;
+* **limit/offset** (each shard gets ``LIMIT limit+offset``, the proxy skips and stops);
+* **project** (helper columns the proxy added for sort keys or aggregates are dropped).
+
+Each shard runs ``shard_sql``: the client's statement rewritten by sqlglot (parameters stay
+``$n``, bound with the client's values). What the client sees is described by the client's
+own statement, prepared on one shard (so names and types are Postgres' own).
+
+Anything this cannot answer exactly raises :class:`~proxy.errors.FeatureNotSupported`
+naming the construct: never a wrong answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import ParseError, TokenError
+
+from proxy.errors import FeatureNotSupported
+
+__all__ = ["AggSpec", "MergePlan", "OutputColumn", "SortKey", "plan_merge"]
+
+AggFunc = Literal["count", "sum", "avg", "min", "max", "bool_and", "bool_or"]
+# A LIMIT / OFFSET: a constant, or the client's parameter $n (0-based index).
+Bound = tuple[Literal["const"], int | None] | tuple[Literal["param"], int]
+
+_AGGS: dict[type[exp.Expression], AggFunc] = {
+    exp.Count: "count", exp.Sum: "sum", exp.Avg: "avg", exp.Min: "min", exp.Max: "max",
+    exp.LogicalAnd: "bool_and", exp.LogicalOr: "bool_or",
+}
+_UNSUPPORTED_AGGS = (exp.GroupConcat, exp.ArrayAgg, exp.Stddev, exp.StddevPop,
+                     exp.StddevSamp, exp.Variance, exp.VariancePop, exp.Quantile,
+                     exp.PercentileCont, exp.PercentileDisc, exp.ArrayConcatAgg)
+_HELPER = "_sw_"
+
+
+@dataclass(frozen=True, slots=True)
+class SortKey:
+    """One ORDER BY key: a column of the merged row."""
+
+    column: int
+    desc: bool
+    nulls_first: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AggSpec:
+    """One aggregate of the merged row and where its partials are in a shard row.
+
+    ``args``: the shard columns holding its partials (``avg``: sum, count; ``count(*)``:
+    the count; with ``distinct``: the column of the distinct argument, which the shards
+    group by)."""
+
+    func: AggFunc
+    args: tuple[int, ...]
+    distinct: bool = False
+    star: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class OutputColumn:
+    """A column the client sees: a merged-row column."""
+
+    column: int
+    computed: bool  # an aggregate: re-encoded; else the shard's bytes are forwarded
+
+
+@dataclass(frozen=True, slots=True)
+class MergePlan:
+    """See the module docstring. Column numbers of the *merged row*: without aggregation,
+    the shard row itself; with it, the group keys then the aggregates."""
+
+    shard_sql: str
+    shard_columns: int | None  # columns of a shard row (None: `*` makes it unknown here)
+    helpers: int  # trailing helper columns of a shard row (no aggregation)
+    aggregate: bool
+    group_keys: tuple[int, ...]  # shard columns of the GROUP BY keys
+    aggs: tuple[AggSpec, ...]
+    distinct_arg: int | None  # shard column of the DISTINCT aggregate argument
+    having: Any  # compiled HAVING (see proxy.exec.merge.expr), or None
+    outputs: tuple[OutputColumn, ...] | None  # None: every non-helper shard column
+    order: tuple[SortKey, ...]
+    distinct: bool
+    distinct_on: tuple[int, ...] | None
+    limit: Bound | None
+    offset: Bound | None
+    text_columns: frozenset[int]  # shard columns fetched in text format (partials, keys)
+
+    def describe(self) -> str:
+        """The plan tree, for ``shardwire route`` and logs."""
+        lines = [f"shard scan: {self.shard_sql}"]
+        if self.aggregate:
+            keys = ", ".join(f"${k + 1}" for k in self.group_keys) or "(one group)"
+            aggs = ", ".join(
+                f"{a.func}({'DISTINCT ' if a.distinct else ''}"
+                f"{'*' if a.star else ', '.join(f'${i + 1}' for i in a.args)})"
+                for a in self.aggs)
+            lines.append(f"aggregate: group by {keys}; {aggs}")
+        if self.having is not None:
+            lines.append("filter: HAVING")
+        if self.distinct_on is not None:
+            lines.append("distinct on: " + ", ".join(f"#{c + 1}" for c in self.distinct_on))
+        elif self.distinct:
+            lines.append("distinct")
+        if self.order:
+            lines.append("merge sort: " + ", ".join(
+                f"#{k.column + 1} {'DESC' if k.desc else 'ASC'} "
+                f"NULLS {'FIRST' if k.nulls_first else 'LAST'}" for k in self.order))
+        if self.limit is not None or self.offset is not None:
+            lines.append(f"limit {_bound_text(self.limit)} offset {_bound_text(self.offset)}")
+        if self.helpers:
+            lines.append(f"project: drop {self.helpers} helper column(s)")
+        return "\n".join(lines)
+
+
+def _bound_text(b: Bound | None) -> str:
+    if b is None:
+        return "-"
+    if b[0] == "param":
+        return f"${b[1] + 1}"
+    return "ALL" if b[1] is None else str(b[1])
+
+
+def plan_merge(sql: str) -> MergePlan:
+    """Plan the merge of a cross-shard SELECT (raises FeatureNotSupported)."""
+    try:
+        trees = [t for t in sqlglot.parse(sql, read="postgres") if t is not None]
+    except (ParseError, TokenError) as e:
+        raise FeatureNotSupported(
+            f"shardwire cannot analyse this cross-shard SELECT to merge it ({e})") from None
+    if len(trees) != 1:
+        raise FeatureNotSupported("a cross-shard query must be a single statement")
+    tree = trees[0]
+    if not isinstance(tree, exp.Select):
+        what = "UNION/INTERSECT/EXCEPT" if isinstance(tree, exp.SetOperation) else (
+            type(tree).__name__.upper())
+        raise FeatureNotSupported(
+            f"cross-shard {what} that needs a merge is not supported yet",
+            hint="run each part separately, or add the shard key so it reaches one shard")
+    return _Planner(tree).plan()
+
+
+class _Planner:
+    def __init__(self, select: exp.Select) -> None:
+        self.select = select
+
+    def plan(self) -> MergePlan:
+        s = self.select
+        self._check_inner(s)
+        if s.args.get("windows") or any(
+                isinstance(n, exp.Window) for e in s.expressions for n in e.walk()):
+            raise FeatureNotSupported(
+                "window functions over rows of several shards are not supported",
+                hint="partition the window by the shard key and filter to one shard, or "
+                     "compute it per shard with a /* shard: NAME */ hint")
+        if s.args.get("into") is not None:
+            raise FeatureNotSupported("SELECT INTO across shards is not supported")
+        aggregate = bool(s.args.get("group")) or s.args.get("having") is not None or any(
+            _has_agg(e) for e in s.expressions)
+        if aggregate:
+            return self._aggregate_plan()
+        return self._sorted_plan()
+
+    # ----------------------------------------------------------------- checks
+    @staticmethod
+    def _check_inner(s: exp.Select) -> None:
+        """Merging happens at the top level only: a subquery whose own result would need
+        combining across shards cannot be answered by merging the top-level rows."""
+        for node in s.walk():
+            if node is s:
+                continue
+            if isinstance(node, (exp.Subquery, exp.Select)) and node.find_ancestor(
+                    exp.Select) is not None:
+                inner = node.this if isinstance(node, exp.Subquery) else node
+                if isinstance(inner, exp.Select) and inner is not s and (
+                        inner.args.get("limit") or inner.args.get("offset")
+                        or inner.args.get("distinct") or inner.args.get("group")
+                        or any(_has_agg(e) for e in inner.expressions)
+                        or inner.args.get("order")):
+                    # the router sent this to several shards, so the subquery is not
+                    # local to one shard: its result would be per shard
+                    raise FeatureNotSupported(
+                        "a subquery that aggregates, sorts or limits rows of several "
+                        "shards is not supported",
+                        hint="join on the shard key so each shard answers it alone, or "
+                             "move the aggregate to the top level")
+
+    # ----------------------------------------------------------------- plain rows
+    def _sorted_plan(self) -> MergePlan:
+        s = self.select.copy()
+        items = list(s.expressions)
+        has_star = any(isinstance(e, exp.Star) or (
+            isinstance(e, exp.Column) and isinstance(e.this, exp.Star)) for e in items)
+        width = None if has_star else len(items)
+        distinct = s.args.get("distinct")
+        distinct_on: tuple[int, ...] | None = None
+        helpers: list[exp.Expression] = []
+        order: list[SortKey] = []
+        order_node = s.args.get("order")
+        star_helpers: list[int] = []  # order keys whose column counts from the end
+        for o in order_node.expressions if order_node else []:
+            if width is None:
+                # SELECT *: the width is known only from the shards' answer, so every sort
+                # key is a helper column at the end (counted from the end)
+                if isinstance(o.this, exp.Literal) or distinct is not None:
+                    raise FeatureNotSupported(
+                        "ORDER BY a position, or DISTINCT, with SELECT * across shards is not "
+                        "supported", hint="list the columns")
+                star_helpers.append(len(order))
+                order.append(SortKey(len(helpers), bool(o.args.get("desc")), _nulls_first(o)))
+                helpers.append(exp.alias_(o.this.copy(), f"{_HELPER}o{len(helpers)}"))
+                continue
+            column = self._output_index(o.this, items)
+            if column is None:
+                if distinct is not None:
+                    raise FeatureNotSupported(
+                        "for SELECT DISTINCT, ORDER BY expressions must appear in select list")
+                column = width + len(helpers)
+                helpers.append(exp.alias_(o.this.copy(), f"{_HELPER}o{len(helpers)}"))
+            order.append(SortKey(column, bool(o.args.get("desc")),
+                                 _nulls_first(o)))
+        for i in star_helpers:
+            k = order[i]
+            order[i] = SortKey(k.column - len(helpers), k.desc, k.nulls_first)
+        if isinstance(distinct, exp.Distinct) and distinct.args.get("on") is not None:
+            on = distinct.args["on"]
+            exprs = on.expressions if isinstance(on, exp.Tuple) else [on]
+            cols = []
+            for e in exprs:
+                c = self._output_index(e, items)
+                if c is None:
+                    if width is None:
+                        raise FeatureNotSupported("DISTINCT ON with SELECT * across shards")
+                    c = width + len(helpers)
+                    helpers.append(exp.alias_(e.copy(), f"{_HELPER}d{len(helpers)}"))
+                cols.append(c)
+            prefix = [k.column for k in order[:len(cols)]]
+            if sorted(prefix) != sorted(cols):
+                raise FeatureNotSupported(
+                    "SELECT DISTINCT ON expressions must match initial ORDER BY expressions")
+            distinct_on = tuple(cols)
+        limit, offset = _bounds(s)
+        if helpers:
+            s.set("expressions", items + helpers)
+        # each shard returns at most limit+offset rows (in the final order)
+        s.set("offset", None)
+        if limit is not None and limit[0] == "const" and limit[1] is not None:
+            extra = offset[1] if offset is not None and offset[0] == "const" else None
+            if offset is None:
+                s.set("limit", exp.Limit(expression=exp.Literal.number(limit[1])))
+            elif extra is not None:
+                s.set("limit", exp.Limit(expression=exp.Literal.number(limit[1] + extra)))
+            else:
+                s.set("limit", None)  # an OFFSET parameter: every row, cut in the proxy
+        elif limit is not None:
+            if offset is None and limit[0] == "param":
+                pass  # LIMIT $n stays as is
+            else:
+                s.set("limit", None)
+        if distinct_on is None and distinct is not None and order and limit is not None:
+            s.set("limit", None)  # duplicates across shards: each shard's top-n may not do
+        return MergePlan(
+            shard_sql=s.sql(dialect="postgres"), shard_columns=None if width is None
+            else width + len(helpers), helpers=len(helpers), aggregate=False,
+            group_keys=(), aggs=(), distinct_arg=None, having=None, outputs=None,
+            order=tuple(order), distinct=distinct is not None and distinct_on is None,
+            distinct_on=distinct_on, limit=limit, offset=offset, text_columns=frozenset())
+
+    @staticmethod
+    def _output_index(e: exp.Expression, items: list[exp.Expression]) -> int | None:
+        """The select-list position an ORDER BY / DISTINCT ON expression refers to."""
+        if isinstance(e, exp.Literal) and not e.is_string:
+            n = int(e.this)
+            if not 1 <= n <= len(items):
+                raise FeatureNotSupported(f"ORDER BY position {n} is not in select list")
+            return n - 1
+        if isinstance(e, exp.Column) and not e.table:
+            name = e.name
+            for i, it in enumerate(items):
+                if isinstance(it, exp.Alias) and it.alias == name:
+                    return i
+        for i, it in enumerate(items):
+            inner = it.this if isinstance(it, exp.Alias) else it
+            if inner == e:
+                return i
+        return None
+
+    # ----------------------------------------------------------------- aggregation
+    def _aggregate_plan(self) -> MergePlan:
+        s = self.select
+        items = list(s.expressions)
+        if s.args.get("distinct") is not None and isinstance(
+                s.args["distinct"], exp.Distinct) and s.args["distinct"].args.get("on"):
+            raise FeatureNotSupported("DISTINCT ON with aggregates across shards is not "
+                                      "supported")
+        group = s.args.get("group")
+        group_exprs: list[exp.Expression] = []
+        for g in group.expressions if group else []:
+            if isinstance(g, exp.Literal) and not g.is_string:
+                n = int(g.this)
+                if not 1 <= n <= len(items):
+                    raise FeatureNotSupported(f"GROUP BY position {n} is not in select list")
+                it = items[n - 1]
+                g = it.this if isinstance(it, exp.Alias) else it
+            elif isinstance(g, exp.Column) and not g.table:
+                for it in items:
+                    if isinstance(it, exp.Alias) and it.alias == g.name:
+                        g = it.this
+                        break
+            if not isinstance(g, exp.Expression) or _has_agg(g):
+                raise FeatureNotSupported("GROUP BY this expression across shards is not "
+                                          "supported")
+            group_exprs.append(g)
+        if group and any(isinstance(g, (exp.Rollup, exp.Cube, exp.GroupingSets))
+                         for g in group.expressions):
+            raise FeatureNotSupported("GROUPING SETS / ROLLUP / CUBE across shards are not "
+                                      "supported")
+        shard_items: list[exp.Expression] = []
+        keys: list[int] = []
+        for g in group_exprs:
+            keys.append(len(shard_items))
+            shard_items.append(exp.alias_(g.copy(), f"{_HELPER}g{len(keys) - 1}"))
+        aggs: list[AggSpec] = []
+        agg_sql: dict[str, int] = {}  # aggregate SQL -> index in aggs
+        distinct_arg: list[exp.Expression] = []
+
+        def add_agg(node: exp.Expression) -> int:
+            text = node.sql(dialect="postgres")
+            if text in agg_sql:
+                return agg_sql[text]
+            if isinstance(node, _UNSUPPORTED_AGGS) or (
+                    isinstance(node, exp.Anonymous) and node.name.lower() in _OTHER_AGGS):
+                name = text.split("(", 1)[0]
+                raise FeatureNotSupported(
+                    f"aggregate {name.lower()}() over rows of several shards is not supported "
+                    "yet", hint="group by the shard key, or add it to the WHERE clause")
+            func = _AGGS.get(type(node))
+            if func is None:
+                raise FeatureNotSupported(
+                    f"aggregate {node.sql(dialect='postgres')} across shards is not supported")
+            if node.args.get("filter") is not None or isinstance(node.parent, exp.Filter):
+                raise FeatureNotSupported("aggregate FILTER clauses across shards are not "
+                                          "supported yet")
+            arg = node.this
+            distinct = isinstance(arg, exp.Distinct)
+            star = isinstance(arg, exp.Star)
+            if distinct:
+                inner = arg.expressions
+                if len(inner) != 1:
+                    raise FeatureNotSupported("DISTINCT aggregates of several arguments")
+                arg = inner[0]
+                if distinct_arg and distinct_arg[0] != arg:
+                    raise FeatureNotSupported(
+                        "DISTINCT aggregates over different expressions across shards are "
+                        "not supported", hint="use one DISTINCT argument per query")
+                if not distinct_arg:
+                    distinct_arg.append(arg)
+                args: tuple[int, ...] = (-1,)  # resolved below
+            elif func == "avg":
+                args = (len(shard_items), len(shard_items) + 1)
+                shard_items.append(exp.alias_(exp.Sum(this=arg.copy()), f"{_HELPER}a{len(aggs)}s"))
+                shard_items.append(exp.alias_(exp.Count(this=arg.copy()),
+                                              f"{_HELPER}a{len(aggs)}c"))
+            else:
+                args = (len(shard_items),)
+                partial = node.copy()
+                shard_items.append(exp.alias_(partial, f"{_HELPER}a{len(aggs)}"))
+            aggs.append(AggSpec(func, args, distinct, star))
+            agg_sql[text] = len(aggs) - 1
+            return len(aggs) - 1
+
+        n_keys = len(keys)
+        outputs: list[OutputColumn] = []
+        for it in items:
+            inner = it.this if isinstance(it, exp.Alias) else it
+            if _is_agg(inner):
+                outputs.append(OutputColumn(n_keys + add_agg(inner), True))
+                continue
+            if _has_agg(inner):
+                raise FeatureNotSupported(
+                    f"an expression over aggregates ({inner.sql(dialect='postgres')}) across "
+                    "shards is not supported yet", hint="select the aggregates themselves "
+                    "and compute the expression in the application")
+            k = _index_of(inner, group_exprs)
+            if k is None:
+                raise FeatureNotSupported(
+                    f"column {inner.sql(dialect='postgres')} must appear in the GROUP BY "
+                    "clause or be used in an aggregate function")
+            outputs.append(OutputColumn(k, True))
+        having = None
+        if s.args.get("having") is not None:
+            from proxy.exec.merge.expr import compile_having
+            having = compile_having(s.args["having"].this, group_exprs, add_agg, n_keys)
+        order: list[SortKey] = []
+        order_node = s.args.get("order")
+        for o in order_node.expressions if order_node else []:
+            e = o.this
+            col: int | None = None
+            if isinstance(e, exp.Literal) and not e.is_string:
+                n = int(e.this)
+                if not 1 <= n <= len(outputs):
+                    raise FeatureNotSupported(f"ORDER BY position {n} is not in select list")
+                col = outputs[n - 1].column
+            elif isinstance(e, exp.Column) and not e.table and any(
+                    isinstance(it, exp.Alias) and it.alias == e.name for it in items):
+                i = next(i for i, it in enumerate(items)
+                         if isinstance(it, exp.Alias) and it.alias == e.name)
+                col = outputs[i].column
+            elif _is_agg(e):
+                col = n_keys + add_agg(e)
+            else:
+                k = _index_of(e, group_exprs)
+                if k is None:
+                    raise FeatureNotSupported(
+                        f"ORDER BY {e.sql(dialect='postgres')} across shards must be a "
+                        "GROUP BY key or an aggregate")
+                col = k
+            order.append(SortKey(col, bool(o.args.get("desc")), _nulls_first(o)))
+        if distinct_arg:
+            d_index = len(shard_items)
+            shard_items.append(exp.alias_(distinct_arg[0].copy(), f"{_HELPER}dv"))
+            aggs = [AggSpec(a.func, (d_index,), True, a.star) if a.distinct else a
+                    for a in aggs]
+        limit, offset = _bounds(s)
+        shard = exp.Select(expressions=shard_items)
+        for part in ("from_", "joins", "where", "with_"):
+            val = s.args.get(part)
+            if val is not None:
+                shard.set(part, [v.copy() for v in val] if isinstance(val, list)
+                          else val.copy())
+        group_by = [g.copy() for g in group_exprs]
+        if distinct_arg:
+            group_by.append(distinct_arg[0].copy())
+        if group_by:
+            shard.set("group", exp.Group(expressions=group_by))
+        if not shard_items:
+            raise FeatureNotSupported("empty select list")
+        text_columns = frozenset(range(len(shard_items)))
+        return MergePlan(
+            shard_sql=shard.sql(dialect="postgres"), shard_columns=len(shard_items), helpers=0,
+            aggregate=True, group_keys=tuple(keys), aggs=tuple(aggs),
+            distinct_arg=len(shard_items) - 1 if distinct_arg else None, having=having,
+            outputs=tuple(outputs), order=tuple(order),
+            distinct=s.args.get("distinct") is not None, distinct_on=None, limit=limit,
+            offset=offset, text_columns=text_columns)
+
+
+_OTHER_AGGS = frozenset({
+    "string_agg", "array_agg", "json_agg", "jsonb_agg", "json_object_agg", "jsonb_object_agg",
+    "xmlagg", "bit_and", "bit_or", "bit_xor", "every", "percentile_cont", "percentile_disc",
+    "mode", "corr", "covar_pop", "covar_samp", "regr_slope", "stddev", "stddev_pop",
+    "stddev_samp", "variance", "var_pop", "var_samp", "range_agg", "range_intersect_agg",
+})
+
+
+def _is_agg(e: exp.Expression) -> bool:
+    return isinstance(e, (exp.AggFunc, *_UNSUPPORTED_AGGS)) or (
+        isinstance(e, exp.Anonymous) and e.name.lower() in _OTHER_AGGS)
+
+
+def _has_agg(e: exp.Expression) -> bool:
+    for node in e.walk():
+        if isinstance(node, exp.Subquery):
+            continue
+        if _is_agg(node):
+            return True
+    return False
+
+
+def _index_of(e: exp.Expression, exprs: list[exp.Expression]) -> int | None:
+    for i, g in enumerate(exprs):
+        if g == e:
+            return i
+    return None
+
+
+def _nulls_first(o: exp.Ordered) -> bool:
+    """Postgres' default: NULLS LAST ascending, NULLS FIRST descending."""
+    nf = o.args.get("nulls_first")
+    if nf is None:
+        return bool(o.args.get("desc"))
+    return bool(nf)
+
+
+def _bounds(s: exp.Select) -> tuple[Bound | None, Bound | None]:
+    return _bound(s.args.get("limit"), "LIMIT"), _bound(s.args.get("offset"), "OFFSET")
+
+
+def _bound(node: exp.Expression | None, what: str) -> Bound | None:
+    if node is None:
+        return None
+    e = node.args.get("expression") if isinstance(node, (exp.Limit, exp.Offset)) else node
+    if e is None:
+        e = node.this
+    if isinstance(e, exp.Var) and e.name.upper() == "ALL":
+        return ("const", None)
+    if isinstance(e, exp.Null):
+        return ("const", None)
+    if isinstance(e, exp.Literal) and not e.is_string:
+        try:
+            return ("const", int(e.this))
+        except ValueError:
+            pass
+    if isinstance(e, exp.Parameter):
+        try:
+            return ("param", int(e.name) - 1)
+        except ValueError:
+            pass
+    raise FeatureNotSupported(f"{what} {e.sql(dialect='postgres')} across shards must be a "
+                              "number or a parameter")
