@@ -758,12 +758,12 @@ async def merge(session: ClientSession, route: Route, plan: MergePlan, sql: str,
 
     async def body(servers: Held) -> bool:
         conns = [server for server, _ in servers]
-        collation = await _collation(session, conns[0])
+        ctx = _merge_context(session, await _collation(session, conns[0]))
         if not simple:
             session.write(m.BIND_COMPLETE_MSG)
         try:
-            await engine.run(plan, conns, req, session.write, describe=describe,
-                             collation=collation, max_groups=session.proxy.max_groups)
+            await engine.run(plan, conns, req, session.write, describe=describe, ctx=ctx,
+                             max_groups=session.proxy.max_groups)
         except engine.ShardError as exc:
             session.write(exc.message())
             if not simple:
@@ -815,6 +815,21 @@ def _merge_request(session: ClientSession, sql: str, region: bytes, frames: list
         "a cross-shard SELECT that needs a merge must arrive as Bind, Describe, Execute and "
         "Sync in one write", hint="libpq, JDBC, psycopg and asyncpg do so; so should this "
         "client")
+
+
+def _merge_context(session: ClientSession, collation: str) -> engine.Context:
+    """How the session reads values as text: its TimeZone, DateStyle, IntervalStyle and
+    extra_float_digits (the server's defaults unless the client set them)."""
+    params = session.params
+    digits = session.settings.get("extra_float_digits", "1").strip("'\"")
+    try:
+        extra = int(digits)
+    except ValueError:
+        extra = 1
+    return engine.Context(collation=collation, time_zone=params.get("TimeZone", "UTC"),
+                          extra_float_digits=extra,
+                          date_style=params.get("DateStyle", "ISO, MDY"),
+                          interval_style=params.get("IntervalStyle", "postgres"))
 
 
 async def _collation(session: ClientSession, server: ServerConnection) -> str:

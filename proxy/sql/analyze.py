@@ -93,6 +93,7 @@ class Source:
     child: Scope | None = None
     exposed: dict[str, tuple[Occ, ...]] = field(default_factory=dict)
     nullable: bool = False
+    name: str = ""  # the qualified table name (reference, unlisted, catalog tables)
 
 
 @dataclass(eq=False, slots=True)
@@ -117,7 +118,15 @@ class Scope:
     lateral: bool = False
     branch: int = -1
     subtree_groups: frozenset[int] = frozenset()
+    # Row sources: sharded occurrences such that every result row of this scope is built
+    # from one row of one of them, so it is produced on that row's shard only. Empty when
+    # the rows are driven by replicated data (reference tables, no table, functions): then
+    # every shard would produce them (see DmlTemplate.partition_error).
     row_occs: list[Occ] = field(default_factory=list)
+    full_rows: list[Occ] = field(default_factory=list)  # both sides of sharded FULL JOINs
+    # a replicated FROM item preserved by an outer join against sharded data:
+    # (preserved tables, sharded tables)
+    preserved: tuple[str, str] | None = None
     correlated_occs: tuple[Occ, ...] = ()
 
 
@@ -305,7 +314,7 @@ class _Analyzer:
             self.unlisted_writes.append(name)
             if name not in self.unlisted:
                 self.unlisted.append(name)
-        scope.sources.append(Source(alias=alias, kind=kind))
+        scope.sources.append(Source(alias=alias, kind=kind, name=name))
         return None
 
     def insert(self, node: exp.Insert, scope: Scope) -> None:
@@ -497,8 +506,11 @@ class _Analyzer:
             for name in names:
                 if name in right.exposed:
                     scope.exposed[name] = left.exposed[name] + right.exposed[name]
-            if scope.op == "union_all" and not node.args.get("limit"):
+            if left.row_occs and right.row_occs:  # else one branch is replicated
                 scope.row_occs = left.row_occs + right.row_occs
+        elif left.row_occs and right.row_occs:
+            # INTERSECT/EXCEPT rows are left rows; their de-duplication is a merge feature
+            scope.row_occs = list(left.row_occs)
         return scope
 
     def select(self, node: exp.Select, parent: Scope | None, positive: bool) -> Scope:
@@ -625,7 +637,7 @@ class _Analyzer:
                     self.catalog = True
                 elif kind == "opaque":
                     self.subqueries_in(item.this, scope)
-                src = Source(alias=alias, kind=kind)
+                src = Source(alias=alias, kind=kind, name=name)
         elif isinstance(item, (exp.Subquery, exp.Values)):
             alias = _alias(item)
             query = item.this if isinstance(item, exp.Subquery) else item
@@ -690,17 +702,46 @@ class _Analyzer:
         if kind in ("SEMI", "ANTI"):
             raise AnalysisError(f"unsupported join {kind}")
         before = list(scope.sources)
+        left_occs = [o for s in before for o in self.source_occs(s)]
         src = self.from_item(j.this, scope, join=j)
+        right_occs = self.source_occs(src)
+        left_rows = [o for s in before if not s.nullable for o in _source_rows(s)]
+        left_rows.extend(o for o in scope.full_rows if o not in left_rows)
+        right_rows = _source_rows(src)
+        # the occurrences whose rows an outer join's ON clause restricts, when the preserved
+        # side is replicated (holds no sharded data): only rows matching ON matter
+        on_restricts: list[Occ] = []
         if side in ("LEFT", "FULL"):
             self.mark_nullable(src)
         if side in ("RIGHT", "FULL"):
             for s in before:
                 self.mark_nullable(s)
+            scope.full_rows = []
+        if side == "FULL" and left_rows and right_rows:
+            scope.full_rows = left_rows + right_rows  # each row is driven by a sharded row
+        elif side == "LEFT" and right_occs and not left_rows:
+            scope.preserved = scope.preserved or (
+                self.names_of(before) or "a table function", _occ_names(right_occs))
+            if not left_occs and not _scope_has_subquery_occs(scope, src):
+                on_restricts = right_occs
+        elif side == "RIGHT" and left_occs and not right_rows:
+            scope.preserved = scope.preserved or (
+                self.names_of([src]) or "a table function", _occ_names(left_occs))
+            if not right_occs and not _scope_has_subquery_occs(scope, None):
+                on_restricts = left_occs
+        elif side == "FULL" and (left_occs or right_occs):
+            scope.preserved = scope.preserved or (
+                self.names_of([s for s in (*before, src) if not self.source_occs(s)])
+                or "a table function", _occ_names(left_occs + right_occs))
         inner = side == ""
         on = j.args.get("on")
         if on is not None:
             for c in _conjuncts(on):
                 self.conjunct(c, scope, restrict=inner)
+                if on_restricts:
+                    p = self.pred(c, scope)
+                    if _pred_within(p, on_restricts):
+                        scope.preds.append(p)
         using = j.args.get("using")
         if using:
             for ident in using:
@@ -710,6 +751,19 @@ class _Analyzer:
                     left = _source_key(s, col)
                     if left and right:
                         self.link(scope, left, right)
+
+    def source_occs(self, src: Source) -> list[Occ]:
+        """The sharded occurrences a FROM item reads."""
+        if src.occ is not None:
+            return [src.occ]
+        if src.child is not None:
+            return _occs_below(src.child, self)
+        return []
+
+    def names_of(self, sources: Sequence[Source]) -> str:
+        return ", ".join(dict.fromkeys(s.name or s.alias for s in sources
+                                       if s.occ is None and s.kind != "derived"
+                                       and (s.name or s.alias)))
 
     def mark_nullable(self, src: Source) -> None:
         src.nullable = True
@@ -731,6 +785,7 @@ class _Analyzer:
                 scope.row_occs.append(src.occ)
             elif src.child is not None:
                 scope.row_occs.extend(o for o in src.child.row_occs if o not in scope.row_occs)
+        scope.row_occs.extend(o for o in scope.full_rows if o not in scope.row_occs)
         if where is None:
             return
         cond = where.this if isinstance(where, exp.Where) else where
@@ -810,6 +865,8 @@ class _Analyzer:
             return ("and", [self.pred(x, scope) for x in _conjuncts(e)])
         if isinstance(e, exp.Or):
             return ("or", [self.pred(e.this, scope), self.pred(e.expression, scope)])
+        if e.args.get("negate"):
+            return TRUE  # any negated predicate (NOT LIKE, IS NOT ...) restricts nothing
         if isinstance(e, (exp.EQ, exp.NullSafeEQ)):
             left, right = _unparen(e.this), _unparen(e.expression)
             if isinstance(left, exp.Tuple) and isinstance(right, exp.Tuple):
@@ -869,7 +926,10 @@ class _Analyzer:
                 return TRUE
             v = self.value(other)
             return TRUE if v is None else ("cmp", occs, op, v)
-        if isinstance(e, exp.Is) and isinstance(e.expression, exp.Null):
+        if (isinstance(e, exp.Is) and isinstance(e.expression, exp.Null)
+                and not e.args.get("negate")):
+            # ``key IS NULL`` (``key NOTNULL`` / ``IS NOT NULL`` parse as Is with negate:
+            # they restrict nothing placement-wise)
             occs = self.keyref(_unparen(e.this), scope)
             if occs and not _nullable(occs):
                 return ("isnull", occs)
@@ -1025,6 +1085,45 @@ def _source_key(src: Source, col: str) -> tuple[Occ, ...]:
     if src.kind == "derived":
         return src.exposed.get(col, ())
     return ()
+
+
+def _source_rows(src: Source) -> list[Occ]:
+    """The row sources of a FROM item (see Scope.row_occs)."""
+    if src.occ is not None:
+        return [src.occ]
+    if src.child is not None:
+        return list(src.child.row_occs)
+    return []
+
+
+def _occ_names(occs: Sequence[Occ]) -> str:
+    return ", ".join(dict.fromkeys(o.name for o in occs))
+
+
+def _scope_has_subquery_occs(scope: Scope, exclude: Source | None) -> bool:
+    """Whether a subquery of ``scope`` (other than the FROM item ``exclude``) reads
+    sharded data so far: such data is outside the outer join being analysed."""
+    skip = exclude.child if exclude is not None else None
+    stack = [c for c in scope.children if c is not skip]
+    while stack:
+        s = stack.pop()
+        if s.occs:
+            return True
+        stack.extend(s.children)
+    return False
+
+
+def _pred_within(p: P, occs: Sequence[Occ]) -> bool:
+    """Whether predicate ``p`` restricts some of ``occs`` and mentions no other occurrence."""
+    tag = p[0]
+    if tag == "true":
+        return False
+    if tag in ("and", "or"):
+        parts = [x for x in p[1] if x[0] != "true"]
+        if tag == "or" and len(parts) < len(p[1]):
+            return False
+        return bool(parts) and all(_pred_within(x, occs) for x in parts)
+    return all(any(o is x for x in occs) for o in p[1])
 
 
 def _is_occs(item: object) -> bool:

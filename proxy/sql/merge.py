@@ -34,7 +34,8 @@ from proxy.errors import FeatureNotSupported
 
 __all__ = ["AggSpec", "MergePlan", "OutputColumn", "SortKey", "plan_merge"]
 
-AggFunc = Literal["count", "sum", "avg", "min", "max", "bool_and", "bool_or"]
+# "any": a constant select item next to aggregates (every shard computes the same value)
+AggFunc = Literal["count", "sum", "avg", "min", "max", "bool_and", "bool_or", "any"]
 # A LIMIT / OFFSET: a constant, or the client's parameter $n (0-based index).
 Bound = tuple[Literal["const"], int | None] | tuple[Literal["param"], int]
 
@@ -113,12 +114,15 @@ class MergePlan:
         if self.having is not None:
             lines.append("filter: HAVING")
         if self.distinct_on is not None:
-            lines.append("distinct on: " + ", ".join(f"#{c + 1}" for c in self.distinct_on))
+            lines.append("distinct on: " + ", ".join(
+                f"helper {self.helpers + c + 1}" if c < 0 else f"#{c + 1}"
+                for c in self.distinct_on))
         elif self.distinct:
             lines.append("distinct")
         if self.order:
             lines.append("merge sort: " + ", ".join(
-                f"#{k.column + 1} {'DESC' if k.desc else 'ASC'} "
+                (f"#{k.column + 1}" if k.column >= 0 else f"helper {self.helpers + k.column + 1}")
+                + f" {'DESC' if k.desc else 'ASC'} "
                 f"NULLS {'FIRST' if k.nulls_first else 'LAST'}" for k in self.order))
         if self.limit is not None or self.offset is not None:
             lines.append(f"limit {_bound_text(self.limit)} offset {_bound_text(self.offset)}")
@@ -205,54 +209,37 @@ class _Planner:
         items = list(s.expressions)
         has_star = any(isinstance(e, exp.Star) or (
             isinstance(e, exp.Column) and isinstance(e.this, exp.Star)) for e in items)
-        width = None if has_star else len(items)
         distinct = s.args.get("distinct")
-        distinct_on: tuple[int, ...] | None = None
+        # Every sort key is fetched again as a helper column at the end of the row, in
+        # binary (independent of DateStyle and friends), and cut before the client sees it.
         helpers: list[exp.Expression] = []
-        order: list[SortKey] = []
+        keys: list[exp.Expression] = []
+        order: list[tuple[bool, bool]] = []
         order_node = s.args.get("order")
-        star_helpers: list[int] = []  # order keys whose column counts from the end
         for o in order_node.expressions if order_node else []:
-            if width is None:
-                # SELECT *: the width is known only from the shards' answer, so every sort
-                # key is a helper column at the end (counted from the end)
-                if isinstance(o.this, exp.Literal) or distinct is not None:
-                    raise FeatureNotSupported(
-                        "ORDER BY a position, or DISTINCT, with SELECT * across shards is not "
-                        "supported", hint="list the columns")
-                star_helpers.append(len(order))
-                order.append(SortKey(len(helpers), bool(o.args.get("desc")), _nulls_first(o)))
-                helpers.append(exp.alias_(o.this.copy(), f"{_HELPER}o{len(helpers)}"))
-                continue
-            column = self._output_index(o.this, items)
-            if column is None:
-                if distinct is not None:
-                    raise FeatureNotSupported(
-                        "for SELECT DISTINCT, ORDER BY expressions must appear in select list")
-                column = width + len(helpers)
-                helpers.append(exp.alias_(o.this.copy(), f"{_HELPER}o{len(helpers)}"))
-            order.append(SortKey(column, bool(o.args.get("desc")),
-                                 _nulls_first(o)))
-        for i in star_helpers:
-            k = order[i]
-            order[i] = SortKey(k.column - len(helpers), k.desc, k.nulls_first)
+            e = self._resolve(o.this, items, has_star)
+            keys.append(e)
+            helpers.append(exp.alias_(e.copy(), f"{_HELPER}o{len(helpers)}"))
+            order.append((bool(o.args.get("desc")), _nulls_first(o)))
+        n = len(helpers)
+        sort_keys = tuple(SortKey(j - n, desc, nf) for j, (desc, nf) in enumerate(order))
+        distinct_on: tuple[int, ...] | None = None
         if isinstance(distinct, exp.Distinct) and distinct.args.get("on") is not None:
             on = distinct.args["on"]
             exprs = on.expressions if isinstance(on, exp.Tuple) else [on]
             cols = []
             for e in exprs:
-                c = self._output_index(e, items)
-                if c is None:
-                    if width is None:
-                        raise FeatureNotSupported("DISTINCT ON with SELECT * across shards")
-                    c = width + len(helpers)
-                    helpers.append(exp.alias_(e.copy(), f"{_HELPER}d{len(helpers)}"))
-                cols.append(c)
-            prefix = [k.column for k in order[:len(cols)]]
-            if sorted(prefix) != sorted(cols):
-                raise FeatureNotSupported(
-                    "SELECT DISTINCT ON expressions must match initial ORDER BY expressions")
+                e = self._resolve(e, items, has_star)
+                j = next((j for j, k in enumerate(keys[:len(exprs)]) if k == e), None)
+                if j is None:
+                    raise FeatureNotSupported(
+                        "SELECT DISTINCT ON expressions must match initial ORDER BY "
+                        "expressions")
+                cols.append(sort_keys[j].column)
             distinct_on = tuple(cols)
+        if distinct is not None and distinct_on is None and has_star and order:
+            raise FeatureNotSupported("SELECT DISTINCT * with ORDER BY across shards is not "
+                                      "supported", hint="list the columns")
         limit, offset = _bounds(s)
         if helpers:
             s.set("expressions", items + helpers)
@@ -266,19 +253,37 @@ class _Planner:
                 s.set("limit", exp.Limit(expression=exp.Literal.number(limit[1] + extra)))
             else:
                 s.set("limit", None)  # an OFFSET parameter: every row, cut in the proxy
-        elif limit is not None:
-            if offset is None and limit[0] == "param":
-                pass  # LIMIT $n stays as is
-            else:
-                s.set("limit", None)
-        if distinct_on is None and distinct is not None and order and limit is not None:
+        elif limit is not None and not (offset is None and limit[0] == "param"):
+            s.set("limit", None)
+        if distinct_on is None and distinct is not None and limit is not None:
             s.set("limit", None)  # duplicates across shards: each shard's top-n may not do
         return MergePlan(
-            shard_sql=s.sql(dialect="postgres"), shard_columns=None if width is None
-            else width + len(helpers), helpers=len(helpers), aggregate=False,
-            group_keys=(), aggs=(), distinct_arg=None, having=None, outputs=None,
-            order=tuple(order), distinct=distinct is not None and distinct_on is None,
+            shard_sql=s.sql(dialect="postgres"), shard_columns=None, helpers=len(helpers),
+            aggregate=False, group_keys=(), aggs=(), distinct_arg=None, having=None,
+            outputs=None, order=sort_keys,
+            distinct=distinct is not None and distinct_on is None,
             distinct_on=distinct_on, limit=limit, offset=offset, text_columns=frozenset())
+
+    @staticmethod
+    def _resolve(e: exp.Expression, items: list[exp.Expression], has_star: bool
+                 ) -> exp.Expression:
+        """An ORDER BY / DISTINCT ON item as the expression it stands for: a select-list
+        position or output name means that select-list expression."""
+        if isinstance(e, exp.Literal) and not e.is_string:
+            if has_star:
+                raise FeatureNotSupported(
+                    "ORDER BY a position with SELECT * across shards is not supported",
+                    hint="name the column")
+            n = int(e.this)
+            if not 1 <= n <= len(items):
+                raise FeatureNotSupported(f"ORDER BY position {n} is not in select list")
+            it = items[n - 1]
+            return it.this if isinstance(it, exp.Alias) else it
+        if isinstance(e, exp.Column) and not e.table:
+            for it in items:
+                if isinstance(it, exp.Alias) and it.alias == e.name:
+                    return it.this
+        return e
 
     @staticmethod
     def _output_index(e: exp.Expression, items: list[exp.Expression]) -> int | None:
@@ -342,6 +347,9 @@ class _Planner:
             text = node.sql(dialect="postgres")
             if text in agg_sql:
                 return agg_sql[text]
+            if isinstance(node, exp.Anonymous) and node.name.lower() == "every" and len(
+                    node.expressions) == 1:
+                node = exp.LogicalAnd(this=node.expressions[0].copy())
             if isinstance(node, _UNSUPPORTED_AGGS) or (
                     isinstance(node, exp.Anonymous) and node.name.lower() in _OTHER_AGGS):
                 name = text.split("(", 1)[0]
@@ -389,6 +397,11 @@ class _Planner:
             inner = it.this if isinstance(it, exp.Alias) else it
             if _is_agg(inner):
                 outputs.append(OutputColumn(n_keys + add_agg(inner), True))
+                continue
+            if _is_constant(inner):
+                outputs.append(OutputColumn(n_keys + len(aggs), True))
+                shard_items.append(exp.alias_(inner.copy(), f"{_HELPER}c{len(aggs)}"))
+                aggs.append(AggSpec("any", (len(shard_items) - 1,)))
                 continue
             if _has_agg(inner):
                 raise FeatureNotSupported(
@@ -479,6 +492,17 @@ def _has_agg(e: exp.Expression) -> bool:
         if _is_agg(node):
             return True
     return False
+
+
+def _is_constant(e: exp.Expression) -> bool:
+    """No column, aggregate, subquery, parameter or volatile function: the same value on
+    every shard (literals, casts of literals, NULL)."""
+    for node in e.walk():
+        if isinstance(node, (exp.Column, exp.Star, exp.Subquery, exp.Select, exp.Parameter,
+                             exp.Placeholder, exp.AggFunc, exp.Anonymous, exp.Func)) and not (
+                isinstance(node, exp.Cast)):
+            return False
+    return True
 
 
 def _index_of(e: exp.Expression, exprs: list[exp.Expression]) -> int | None:

@@ -110,7 +110,6 @@ class Stream:
         self.done = False
         self.suspended = False
         self.description: list[Column] | None = None
-        self.original: list[Column] | None = None  # shard 0: the client's statement
         self.tag: bytes | None = None
 
     async def read(self, *, until_rows: bool) -> None:
@@ -129,24 +128,15 @@ class Stream:
                 self.suspended = False
                 return
             elif mtype == m.ROW_DESCRIPTION:
-                if self.original is None and self._describing:
-                    self.original = parse_row_description(body)
-                    self._describing = False
-                else:
-                    self.description = parse_row_description(body)
-                    if not until_rows:
-                        return
+                self.description = parse_row_description(body)
+                if not until_rows:
+                    return
             elif mtype == m.ERROR_RESPONSE:
                 raise ShardError(m.decode_fields(body), server.shard)
-            elif mtype == m.NO_DATA and self._describing:
-                self.original = []
-                self._describing = False
             elif mtype == m.PARAMETER_STATUS:
                 name, value = m.decode_parameter_status(body)
                 server.params[name] = value
             # ParseComplete, BindComplete, ParameterDescription, notices: nothing to do
-
-    _describing = False
 
     async def next_row(self) -> bytes | None:
         if not self.rows:
@@ -175,6 +165,36 @@ class Request:
     max_rows: int = 0  # the client's Execute row limit
 
 
+@dataclass
+class Context:
+    """The session settings that decide how values compare and read as text."""
+
+    collation: str = "C"
+    time_zone: str = "UTC"
+    extra_float_digits: int = 1
+    date_style: str = "ISO, MDY"
+    interval_style: str = "postgres"
+
+    def codec(self, oid: int) -> v.Codec:
+        return v.codec_for(oid, collation=self.collation, tz=self.time_zone,
+                           extra_float_digits=self.extra_float_digits)
+
+    def check_text(self, oid: int) -> None:
+        """Computed values are written as Postgres writes them in ISO DateStyle and the
+        default IntervalStyle; other styles are refused rather than answered differently."""
+        if oid in _DATE_TYPES and not self.date_style.upper().startswith("ISO"):
+            raise FeatureNotSupported(
+                f"a merged date/time result in DateStyle {self.date_style!r} is not "
+                "supported", hint="SET DateStyle = ISO, or ask for binary results")
+        if oid == v.INTERVAL and self.interval_style != "postgres":
+            raise FeatureNotSupported(
+                f"a merged interval result in IntervalStyle {self.interval_style!r} is not "
+                "supported", hint="SET IntervalStyle = postgres, or ask for binary results")
+
+
+_DATE_TYPES = frozenset({v.DATE, v.TIME, v.TIMESTAMP, v.TIMESTAMPTZ})
+
+
 def _format_for(formats: tuple[int, ...], i: int) -> int:
     if not formats:
         return 0
@@ -184,14 +204,14 @@ def _format_for(formats: tuple[int, ...], i: int) -> int:
 
 
 async def run(plan: MergePlan, servers: Sequence[ServerConnection], req: Request,
-              write: Callable[[bytes], None], *, describe: bool, collation: str | None,
+              write: Callable[[bytes], None], *, describe: bool, ctx: Context,
               max_groups: int) -> tuple[int, bool]:
     """Run the plan; write RowDescription (when `describe`), rows, CommandComplete (or
     PortalSuspended). Returns (rows sent, suspended). Raises ShardError / ShardwireError
     after bringing every server back to ReadyForQuery."""
     streams = [Stream(s) for s in servers]
     try:
-        return await _run(plan, streams, req, write, describe=describe, collation=collation,
+        return await _run(plan, streams, req, write, describe=describe, ctx=ctx,
                           max_groups=max_groups)
     finally:
         for st in streams:
@@ -208,44 +228,58 @@ async def _until_ready(server: ServerConnection) -> None:
             return
 
 
+async def _describe(server: ServerConnection, req: Request) -> list[Column]:
+    """The client's own statement, described by shard 0: what one Postgres would send."""
+    server.send(m.message(m.PARSE, m.cstr("") + m.cstr(req.sql) + req.param_types)
+                + m.message(m.DESCRIBE, b"S\x00") + m.message(m.FLUSH))
+    while True:
+        mtype, body = await server.recv()
+        if mtype == m.ROW_DESCRIPTION:
+            return parse_row_description(body)
+        if mtype == m.NO_DATA:
+            return []
+        if mtype == m.ERROR_RESPONSE:
+            raise ShardError(m.decode_fields(body), server.shard)
+
+
 async def _run(plan: MergePlan, streams: list[Stream], req: Request,
-               write: Callable[[bytes], None], *, describe: bool, collation: str | None,
+               write: Callable[[bytes], None], *, describe: bool, ctx: Context,
                max_groups: int) -> tuple[int, bool]:
-    shard_formats = _shard_formats(plan, req)
+    original = await _describe(streams[0].server, req)
+    width = len(original)
+    # partials of aggregates and the sort-key helpers come in binary (no DateStyle, no
+    # extra_float_digits, no parsing of text); forwarded columns in the client's format
+    if plan.aggregate:
+        shard_formats = [1]
+    else:
+        shard_formats = ([_format_for(req.formats, i) for i in range(width)]
+                         + [1] * plan.helpers)
     bind = (m.cstr("") + m.cstr("") + req.params
             + _I16.pack(len(shard_formats)) + b"".join(_I16.pack(f) for f in shard_formats))
-    parse = m.message(m.PARSE, m.cstr("") + m.cstr(plan.shard_sql) + req.param_types)
-    first = streams[0]
-    first._describing = True
-    head = (m.message(m.PARSE, m.cstr("") + m.cstr(req.sql) + req.param_types)
-            + m.message(m.DESCRIBE, b"S\x00"))
-    for i, st in enumerate(streams):
-        st.server.send((head if i == 0 else b"") + parse + m.message(m.BIND, bind)
-                       + m.message(m.DESCRIBE, b"P\x00") + _execute_flush())
+    request = (m.message(m.PARSE, m.cstr("") + m.cstr(plan.shard_sql) + req.param_types)
+               + m.message(m.BIND, bind) + m.message(m.DESCRIBE, b"P\x00") + _execute_flush())
+    for st in streams:
+        st.server.send(request)
     for st in streams:
         await st.read(until_rows=True)
-    original = first.original or []
-    shard_desc = first.description or []
+    shard_desc = streams[0].description or []
     for i, col in enumerate(original):
         col.rest[16:18] = _I16.pack(_format_for(req.formats, i))
-    out_codecs = [v.codec_for(c.oid) for c in original]
     if describe:
         write(row_description(original))
     limit = _bound(plan.limit, req)
     offset = _bound(plan.offset, req) or 0
     if plan.aggregate:
-        rows = _aggregate(plan, streams, shard_desc, collation, max_groups)
-        merged = await rows
-        out = _finish_groups(plan, merged, shard_desc, out_codecs, original, collation)
+        groups = await _aggregate(plan, streams, shard_desc, ctx, max_groups)
+        out = _finish_groups(plan, groups, shard_desc, original, ctx)
         return _emit(out, limit, offset, req.max_rows, write)
-    width = len(shard_desc) - plan.helpers
-    keys = [_key_reader(k, shard_desc, width, collation) for k in plan.order]
+    keys = [_key_reader(k, shard_desc, ctx) for k in plan.order]
     source = _merged(streams, keys) if keys else _concat(streams)
     if plan.distinct_on is not None:
-        on = [_value_reader(c, shard_desc, collation) for c in plan.distinct_on]
+        on = [_value_reader(c, shard_desc, ctx) for c in plan.distinct_on]
         source = _distinct_on(source, on)
     elif plan.distinct:
-        readers = [_value_reader(c, shard_desc, collation) for c in range(width)]
+        readers = [_value_reader(c, shard_desc, ctx) for c in range(width)]
         source = _distinct(source, readers, max_groups)
     sent = 0
     skipped = 0
@@ -293,16 +327,6 @@ def _emit(rows: list[list[bytes | None]], limit: int | None, offset: int, max_ro
     return len(rows), suspended
 
 
-def _shard_formats(plan: MergePlan, req: Request) -> list[int]:
-    """Result formats the shards are asked for: partials in text; forwarded columns in
-    the client's format (helper sort columns in text)."""
-    if plan.aggregate:
-        return [0]
-    if len(req.formats) <= 1:
-        return list(req.formats)  # one code for all columns, or all text
-    return list(req.formats) + [0] * plan.helpers
-
-
 def _bound(b: Bound | None, req: Request) -> int | None:
     if b is None:
         return None
@@ -332,27 +356,33 @@ class _Desc:
     __hash__ = None  # type: ignore[assignment]
 
 
-def _value_reader(column: int, desc: list[Column], collation: str | None
+def _value_reader(column: int, desc: list[Column], ctx: Context
                   ) -> Callable[[list[bytes | None]], Any]:
+    """Reads one column of a shard row as a key with Postgres' ordering and equality."""
+    column = column if column >= 0 else len(desc) + column
     col = desc[column]
-    codec = v.codec_for(col.oid)
+    codec = ctx.codec(col.oid)
     binary = col.binary
-    order = v.text_order(collation) if codec.is_text else None
+    key = codec.sort_key
 
     def read(values: list[bytes | None]) -> Any:
         raw = values[column]
         if raw is None:
             return None
-        value = codec.decode(raw, binary)
-        return order(value) if order is not None else codec.sort_key(value)
+        try:
+            return key(codec.decode(raw, binary))
+        except v.InvalidValue:
+            raise FeatureNotSupported(
+                f"shardwire cannot read a {codec.type_name} value in this session's output "
+                "style to merge it", hint="use the default DateStyle/IntervalStyle, or "
+                "binary results") from None
 
     return read
 
 
-def _key_reader(k: SortKey, desc: list[Column], width: int, collation: str | None
+def _key_reader(k: SortKey, desc: list[Column], ctx: Context
                 ) -> Callable[[list[bytes | None]], tuple[Any, ...]]:
-    column = k.column if k.column >= 0 else len(desc) + k.column
-    read = _value_reader(column, desc, collation)
+    read = _value_reader(k.column, desc, ctx)
     null_rank, value_rank = (0, 1) if k.nulls_first else (1, 0)
     desc_order = k.desc
 
@@ -443,43 +473,41 @@ class _Group:
 
 
 async def _aggregate(plan: MergePlan, streams: list[Stream], desc: list[Column],
-                     collation: str | None, max_groups: int) -> list[_Group]:
-    key_cols = plan.group_keys
-    key_codecs = [(v.codec_for(desc[c].oid), c) for c in key_cols]
-    order = v.text_order(collation)
+                     ctx: Context, max_groups: int) -> list[_Group]:
+    """Fold every shard's partial rows (binary) into one entry per group."""
+    key_codecs = [(ctx.codec(desc[c].oid), c) for c in plan.group_keys]
     groups: dict[tuple[Any, ...], _Group] = {}
     specs = plan.aggs
-    partial_codecs: list[list[tuple[v.Codec, int]]] = [
-        [(v.codec_for(desc[c].oid), c) for c in spec.args] for spec in specs]
+    partials = [[(ctx.codec(desc[c].oid), c, desc[c].oid) for c in spec.args]
+                for spec in specs]
     for st in streams:
         while (body := await st.next_row()) is not None:
             values = split_row(body)
-            decoded = [None if values[c] is None else codec.decode(values[c], False)
+            decoded = [None if values[c] is None else codec.decode(values[c], True)
                        for codec, c in key_codecs]
-            ident = tuple(None if x is None else _hashable(
-                order(x) if codec.is_text else codec.sort_key(x))
-                for x, (codec, _) in zip(decoded, key_codecs, strict=True))
+            ident = tuple(None if x is None else _hashable(codec.group_key(x))
+                          for x, (codec, _) in zip(decoded, key_codecs, strict=True))
             g = groups.get(ident)
             if g is None:
                 if len(groups) >= max_groups:
                     raise _too_many(max_groups)
                 g = groups[ident] = _Group(decoded, len(specs))
             for j, spec in enumerate(specs):
-                parts = [None if values[c] is None else codec.decode(values[c], False)
-                         for codec, c in partial_codecs[j]]
-                _fold(g, j, spec, parts, partial_codecs[j][0][0], order)
-    if not key_cols and not groups:
+                cols = partials[j]
+                parts = [None if values[c] is None else codec.decode(values[c], True)
+                         for codec, c, _ in cols]
+                _fold(g, j, spec, parts, cols[0][0], cols[0][2])
+    if not plan.group_keys and not groups:
         groups[()] = _Group([], len(specs))
     return list(groups.values())
 
 
 def _fold(g: _Group, j: int, spec: AggSpec, parts: list[Any], codec: v.Codec,
-          order: Callable[[str], Any]) -> None:
+          oid: int) -> None:
     if spec.distinct:
         value = parts[0]
         if value is not None:
-            key = _hashable(order(value) if codec.is_text else codec.sort_key(value))
-            g.distinct.setdefault(key, value)
+            g.distinct.setdefault(_hashable(codec.group_key(value)), value)
         return
     cur = g.aggs[j]
     func = spec.func
@@ -487,12 +515,12 @@ def _fold(g: _Group, j: int, spec: AggSpec, parts: list[Any], codec: v.Codec,
         g.aggs[j] = (cur or 0) + (parts[0] or 0)
     elif func == "sum":
         if parts[0] is not None:
-            g.aggs[j] = parts[0] if cur is None else cur + parts[0]
+            g.aggs[j] = parts[0] if cur is None else v.sum_add(oid, cur, parts[0])
     elif func == "avg":
-        s, c = parts
-        if c:
-            total, count = cur or (None, 0)
-            g.aggs[j] = (s if total is None else total + s, count + c)
+        total, count = parts
+        if count:
+            prev, n = cur or (None, 0)
+            g.aggs[j] = (total if prev is None else v.sum_add(oid, prev, total), n + count)
     elif func == "min" or func == "max":
         value = parts[0]
         if value is None:
@@ -500,8 +528,7 @@ def _fold(g: _Group, j: int, spec: AggSpec, parts: list[Any], codec: v.Codec,
         if cur is None:
             g.aggs[j] = value
             return
-        a = order(value) if codec.is_text else codec.sort_key(value)
-        b = order(cur) if codec.is_text else codec.sort_key(cur)
+        a, b = codec.sort_key(value), codec.sort_key(cur)
         if (a < b) if func == "min" else (b < a):
             g.aggs[j] = value
     elif func == "bool_and":
@@ -510,6 +537,8 @@ def _fold(g: _Group, j: int, spec: AggSpec, parts: list[Any], codec: v.Codec,
     elif func == "bool_or":
         if parts[0] is not None:
             g.aggs[j] = parts[0] if cur is None else (cur or parts[0])
+    elif func == "any" and cur is None:
+        g.aggs[j] = parts[0]
 
 
 def _final(spec: AggSpec, g: _Group, j: int, out_oid: int) -> Any:
@@ -520,11 +549,17 @@ def _final(spec: AggSpec, g: _Group, j: int, out_oid: int) -> Any:
         if not vals:
             return None
         if spec.func == "sum":
-            return sum(vals[1:], vals[0])
+            total = vals[0]
+            for x in vals[1:]:
+                total = v.sum_add(out_oid, total, x)
+            return total
         if spec.func == "avg":
-            return v.average(sum(vals[1:], vals[0]), len(vals), out_oid)
-        if spec.func in ("min", "max"):
-            raise FeatureNotSupported("min/max(DISTINCT) across shards")  # same as plain
+            total = vals[0]
+            for x in vals[1:]:
+                total = total + x
+            return v.average(total, len(vals), out_oid)
+        if spec.func == "min" or spec.func == "max":
+            raise FeatureNotSupported(f"{spec.func}(DISTINCT) across shards")
         if spec.func == "bool_and":
             return all(vals)
         return any(vals)
@@ -540,65 +575,68 @@ def _final(spec: AggSpec, g: _Group, j: int, out_oid: int) -> Any:
 
 
 def _finish_groups(plan: MergePlan, groups: list[_Group], desc: list[Column],
-                   out_codecs: list[v.Codec], original: list[Column],
-                   collation: str | None) -> list[list[bytes | None]]:
+                   original: list[Column], ctx: Context) -> list[list[bytes | None]]:
     assert plan.outputs is not None
     n_keys = len(plan.group_keys)
-    rows: list[list[Any]] = []
-    oids = [c.oid for c in original]
     # the output type of each aggregate, from the column that shows it (helper aggregates
     # of HAVING / ORDER BY keep their partial's type)
     agg_oid: dict[int, int] = {}
-    for out, oid in zip(plan.outputs, oids, strict=False):
+    for out, col in zip(plan.outputs, original, strict=False):
         if out.column >= n_keys:
-            agg_oid[out.column - n_keys] = oid
+            agg_oid[out.column - n_keys] = col.oid
+    oids = [desc[c].oid for c in plan.group_keys]
+    for j, spec in enumerate(plan.aggs):
+        oids.append(agg_oid.get(j, v.NUMERIC_OID if spec.func == "avg"
+                                else v.INT8 if spec.func == "count"
+                                else desc[spec.args[0]].oid))
+    codecs = [ctx.codec(oid) for oid in oids]
+    rows: list[list[Any]] = []
     for g in groups:
         row = list(g.keys)
         for j, spec in enumerate(plan.aggs):
-            oid = agg_oid.get(j, desc[spec.args[0]].oid if spec.func != "avg"
-                              else v.NUMERIC_OID)
-            row.append(_final(spec, g, j, oid))
+            row.append(_final(spec, g, j, oids[n_keys + j]))
         if plan.having is not None and plan.having(row) is not True:
             continue
         rows.append(row)
-    order = v.text_order(collation)
-    if plan.order:
-        codecs: dict[int, v.Codec] = {}
-        for k in plan.order:
-            if k.column < n_keys:
-                codecs[k.column] = v.codec_for(desc[plan.group_keys[k.column]].oid)
-        for k in reversed(plan.order):
-            col = k.column
-            codec = codecs.get(col)
-
-            def sk(row: list[Any], col: int = col, codec: v.Codec | None = codec) -> Any:
-                x = row[col]
-                if codec is not None and codec.is_text:
-                    return order(x)
-                return v.generic_sort_key(x) if codec is None else codec.sort_key(x)
-
-            nonnull = [r for r in rows if r[col] is not None]
-            nulls = [r for r in rows if r[col] is None]
-            nonnull.sort(key=sk, reverse=k.desc)
-            rows = nulls + nonnull if k.nulls_first else nonnull + nulls
+    for k in reversed(plan.order):  # stable sorts, last key first
+        col = k.column
+        key = codecs[col].sort_key
+        nonnull = [r for r in rows if r[col] is not None]
+        nulls = [r for r in rows if r[col] is None]
+        nonnull.sort(key=lambda r, col=col, key=key: key(_coerce(r[col], codecs[col])),
+                     reverse=k.desc)
+        rows = nulls + nonnull if k.nulls_first else nonnull + nulls
+    out_codecs = [ctx.codec(c.oid) for c in original]
+    for col in original:
+        if not col.binary:
+            ctx.check_text(col.oid)
     out: list[list[bytes | None]] = []
     seen: set[tuple[Any, ...]] = set()
     for row in rows:
-        encoded: list[bytes | None] = []
-        for i, (oc, codec) in enumerate(zip(plan.outputs, out_codecs, strict=True)):
-            x = row[oc.column]
-            binary = original[i].binary
-            encoded.append(None if x is None else codec.encode(_coerce(x, codec), binary))
         if plan.distinct:
-            key = tuple(encoded)
+            key = tuple(None if row[oc.column] is None else _hashable(
+                codecs[oc.column].group_key(_coerce(row[oc.column], codecs[oc.column])))
+                for oc in plan.outputs)
             if key in seen:
                 continue
             seen.add(key)
+        encoded: list[bytes | None] = []
+        for i, oc in enumerate(plan.outputs):
+            x = row[oc.column]
+            codec = out_codecs[i]
+            encoded.append(None if x is None else codec.encode(_coerce(x, codec),
+                                                                original[i].binary))
         out.append(encoded)
     return out
 
 
 def _coerce(x: Any, codec: v.Codec) -> Any:
-    if isinstance(x, Decimal) and codec.oid in v.INT_OIDS:
+    """A computed value as the type of the column that shows it."""
+    oid = codec.oid
+    if oid in v.INT_OIDS and isinstance(x, Decimal):
         return int(x)
+    if oid == v.NUMERIC and isinstance(x, int) and not isinstance(x, bool):
+        return Decimal(x)
+    if oid in (v.FLOAT4, v.FLOAT8) and isinstance(x, (int, Decimal)):
+        return float(x)
     return x
