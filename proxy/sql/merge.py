@@ -32,7 +32,9 @@ from sqlglot.errors import ParseError, TokenError
 
 from proxy.errors import FeatureNotSupported
 
-__all__ = ["AggSpec", "MergePlan", "OutputColumn", "SortKey", "plan_merge"]
+__all__ = ["EXPR", "AggSpec", "MergePlan", "OutputColumn", "SortKey", "plan_merge"]
+
+EXPR = 1 << 20  # merged-row columns from EXPR on are select-list expressions over aggregates
 
 # "any": a constant select item next to aggregates (every shard computes the same value)
 AggFunc = Literal["count", "sum", "avg", "min", "max", "bool_and", "bool_or", "any"]
@@ -100,6 +102,10 @@ class MergePlan:
     limit: Bound | None
     offset: Bound | None
     text_columns: frozenset[int]  # shard columns fetched in text format (partials, keys)
+    with_ties: bool = False  # FETCH FIRST n ROWS WITH TIES: rows tied with the last go too
+    # expressions over aggregates in the select list, evaluated on the merged row: their
+    # merged-row columns follow the aggregates (OutputColumn.column = EXPR + index)
+    exprs: tuple[Any, ...] = ()
 
     def describe(self) -> str:
         """The plan tree, for ``shardwire route`` and logs."""
@@ -241,11 +247,24 @@ class _Planner:
             raise FeatureNotSupported("SELECT DISTINCT * with ORDER BY across shards is not "
                                       "supported", hint="list the columns")
         limit, offset = _bounds(s)
+        fetch = s.args.get("limit")
+        with_ties = isinstance(fetch, exp.Fetch) and bool(
+            fetch.args.get("limit_options") and fetch.args["limit_options"].args.get("with_ties"))
+        if with_ties and not order:
+            raise FeatureNotSupported("WITH TIES cannot be specified without ORDER BY clause")
         if helpers:
             s.set("expressions", items + helpers)
         # each shard returns at most limit+offset rows (in the final order)
         s.set("offset", None)
-        if limit is not None and limit[0] == "const" and limit[1] is not None:
+        if with_ties and limit is not None and limit[0] == "const" and limit[1] is not None:
+            extra = offset[1] if offset is not None and offset[0] == "const" else None
+            if offset is not None and extra is None:
+                s.set("limit", None)
+            else:
+                s.set("limit", exp.Fetch(
+                    direction="FIRST", count=exp.Literal.number(limit[1] + (extra or 0)),
+                    limit_options=exp.LimitOptions(rows=True, with_ties=True)))
+        elif limit is not None and limit[0] == "const" and limit[1] is not None:
             extra = offset[1] if offset is not None and offset[0] == "const" else None
             if offset is None:
                 s.set("limit", exp.Limit(expression=exp.Literal.number(limit[1])))
@@ -262,7 +281,8 @@ class _Planner:
             aggregate=False, group_keys=(), aggs=(), distinct_arg=None, having=None,
             outputs=None, order=sort_keys,
             distinct=distinct is not None and distinct_on is None,
-            distinct_on=distinct_on, limit=limit, offset=offset, text_columns=frozenset())
+            distinct_on=distinct_on, limit=limit, offset=offset, text_columns=frozenset(),
+            with_ties=with_ties)
 
     @staticmethod
     def _resolve(e: exp.Expression, items: list[exp.Expression], has_star: bool
@@ -356,16 +376,26 @@ class _Planner:
                 raise FeatureNotSupported(
                     f"aggregate {name.lower()}() over rows of several shards is not supported "
                     "yet", hint="group by the shard key, or add it to the WHERE clause")
+            where: exp.Expression | None = None
+            if isinstance(node, exp.Filter):  # agg(...) FILTER (WHERE ...): filtered partials
+                where = node.expression
+                node = node.this
             func = _AGGS.get(type(node))
             if func is None:
                 raise FeatureNotSupported(
                     f"aggregate {node.sql(dialect='postgres')} across shards is not supported")
-            if node.args.get("filter") is not None or isinstance(node.parent, exp.Filter):
-                raise FeatureNotSupported("aggregate FILTER clauses across shards are not "
-                                          "supported yet")
+
+            def filtered(partial: exp.Expression) -> exp.Expression:
+                if where is None:
+                    return partial
+                return exp.Filter(this=partial, expression=where.copy())
+
             arg = node.this
             distinct = isinstance(arg, exp.Distinct)
             star = isinstance(arg, exp.Star)
+            if distinct and where is not None:
+                raise FeatureNotSupported("DISTINCT aggregates with FILTER across shards are "
+                                          "not supported yet")
             if distinct:
                 inner = arg.expressions
                 if len(inner) != 1:
@@ -380,12 +410,13 @@ class _Planner:
                 args: tuple[int, ...] = (-1,)  # resolved below
             elif func == "avg":
                 args = (len(shard_items), len(shard_items) + 1)
-                shard_items.append(exp.alias_(exp.Sum(this=arg.copy()), f"{_HELPER}a{len(aggs)}s"))
-                shard_items.append(exp.alias_(exp.Count(this=arg.copy()),
+                shard_items.append(exp.alias_(filtered(exp.Sum(this=arg.copy())),
+                                              f"{_HELPER}a{len(aggs)}s"))
+                shard_items.append(exp.alias_(filtered(exp.Count(this=arg.copy())),
                                               f"{_HELPER}a{len(aggs)}c"))
             else:
                 args = (len(shard_items),)
-                partial = node.copy()
+                partial = filtered(node.copy())
                 shard_items.append(exp.alias_(partial, f"{_HELPER}a{len(aggs)}"))
             aggs.append(AggSpec(func, args, distinct, star))
             agg_sql[text] = len(aggs) - 1
@@ -393,6 +424,7 @@ class _Planner:
 
         n_keys = len(keys)
         outputs: list[OutputColumn] = []
+        exprs: list[Any] = []
         for it in items:
             inner = it.this if isinstance(it, exp.Alias) else it
             if _is_agg(inner):
@@ -404,10 +436,10 @@ class _Planner:
                 aggs.append(AggSpec("any", (len(shard_items) - 1,)))
                 continue
             if _has_agg(inner):
-                raise FeatureNotSupported(
-                    f"an expression over aggregates ({inner.sql(dialect='postgres')}) across "
-                    "shards is not supported yet", hint="select the aggregates themselves "
-                    "and compute the expression in the application")
+                from proxy.exec.merge.expr import compile_having
+                exprs.append(compile_having(inner, group_exprs, add_agg, n_keys))
+                outputs.append(OutputColumn(EXPR + len(exprs) - 1, True))
+                continue
             k = _index_of(inner, group_exprs)
             if k is None:
                 raise FeatureNotSupported(
@@ -449,6 +481,11 @@ class _Planner:
             aggs = [AggSpec(a.func, (d_index,), True, a.star) if a.distinct else a
                     for a in aggs]
         limit, offset = _bounds(s)
+        fetch = s.args.get("limit")
+        if isinstance(fetch, exp.Fetch) and fetch.args.get("limit_options") and fetch.args[
+                "limit_options"].args.get("with_ties"):
+            raise FeatureNotSupported("FETCH ... WITH TIES over merged groups is not "
+                                      "supported yet")
         shard = exp.Select(expressions=shard_items)
         for part in ("from_", "joins", "where", "with_"):
             val = s.args.get(part)
@@ -469,7 +506,7 @@ class _Planner:
             distinct_arg=len(shard_items) - 1 if distinct_arg else None, having=having,
             outputs=tuple(outputs), order=tuple(order),
             distinct=s.args.get("distinct") is not None, distinct_on=None, limit=limit,
-            offset=offset, text_columns=text_columns)
+            offset=offset, text_columns=text_columns, exprs=tuple(exprs))
 
 
 _OTHER_AGGS = frozenset({
@@ -481,6 +518,8 @@ _OTHER_AGGS = frozenset({
 
 
 def _is_agg(e: exp.Expression) -> bool:
+    if isinstance(e, exp.Filter):
+        return _is_agg(e.this)
     return isinstance(e, (exp.AggFunc, *_UNSUPPORTED_AGGS)) or (
         isinstance(e, exp.Anonymous) and e.name.lower() in _OTHER_AGGS)
 
@@ -512,6 +551,26 @@ def _index_of(e: exp.Expression, exprs: list[exp.Expression]) -> int | None:
     return None
 
 
+def _constant_int(e: exp.Expression) -> int | None:
+    """The value of an integer constant expression (``2 + 3``, ``(10)``), else None."""
+    if isinstance(e, exp.Paren):
+        return _constant_int(e.this)
+    if isinstance(e, exp.Literal) and not e.is_string:
+        try:
+            return int(e.this)
+        except ValueError:
+            return None
+    if isinstance(e, exp.Neg):
+        inner = _constant_int(e.this)
+        return None if inner is None else -inner
+    if isinstance(e, (exp.Add, exp.Sub, exp.Mul)):
+        a, b = _constant_int(e.this), _constant_int(e.expression)
+        if a is None or b is None:
+            return None
+        return a + b if isinstance(e, exp.Add) else a - b if isinstance(e, exp.Sub) else a * b
+    return None
+
+
 def _nulls_first(o: exp.Ordered) -> bool:
     """Postgres' default: NULLS LAST ascending, NULLS FIRST descending."""
     nf = o.args.get("nulls_first")
@@ -527,9 +586,20 @@ def _bounds(s: exp.Select) -> tuple[Bound | None, Bound | None]:
 def _bound(node: exp.Expression | None, what: str) -> Bound | None:
     if node is None:
         return None
-    e = node.args.get("expression") if isinstance(node, (exp.Limit, exp.Offset)) else node
-    if e is None:
-        e = node.this
+    if isinstance(node, exp.Fetch):
+        opts = node.args.get("limit_options")
+        if opts is not None and opts.args.get("percent"):
+            raise FeatureNotSupported("FETCH ... PERCENT across shards is not supported")
+        e = node.args.get("count")
+        if e is None:
+            return ("const", 1)  # FETCH FIRST ROW ONLY
+    else:
+        e = node.args.get("expression") if isinstance(node, (exp.Limit, exp.Offset)) else node
+        if e is None:
+            e = node.this
+    value = _constant_int(e)
+    if value is not None:
+        return ("const", value)
     if isinstance(e, exp.Var) and e.name.upper() == "ALL":
         return ("const", None)
     if isinstance(e, exp.Null):

@@ -24,7 +24,7 @@ from typing import Any
 from proxy.backend.connection import ServerConnection
 from proxy.errors import FeatureNotSupported, ShardwireError
 from proxy.exec.merge import values as v
-from proxy.sql.merge import AggSpec, Bound, MergePlan, SortKey
+from proxy.sql.merge import EXPR, AggSpec, Bound, MergePlan, SortKey
 from proxy.wire import messages as m
 
 BATCH = 1000  # rows per Execute
@@ -284,12 +284,20 @@ async def _run(plan: MergePlan, streams: list[Stream], req: Request,
     sent = 0
     skipped = 0
     batch: list[bytes] = []
+    last_key: tuple[Any, ...] | None = None
     async for body in source:
         if skipped < offset:
             skipped += 1
             continue
         if limit is not None and sent >= limit:
-            break
+            if not plan.with_ties or limit == 0:
+                break
+            values = split_row(body)
+            if tuple(k(values) for k in keys) != last_key:
+                break
+        elif plan.with_ties and limit is not None and sent == limit - 1:
+            values = split_row(body)
+            last_key = tuple(k(values) for k in keys)
         if req.max_rows and sent >= req.max_rows:
             _flush(batch, write)
             write(m.message(m.PORTAL_SUSPENDED))
@@ -578,17 +586,23 @@ def _finish_groups(plan: MergePlan, groups: list[_Group], desc: list[Column],
                    original: list[Column], ctx: Context) -> list[list[bytes | None]]:
     assert plan.outputs is not None
     n_keys = len(plan.group_keys)
-    # the output type of each aggregate, from the column that shows it (helper aggregates
-    # of HAVING / ORDER BY keep their partial's type)
-    agg_oid: dict[int, int] = {}
+    n_aggs = len(plan.aggs)
+
+    def at(column: int) -> int:  # a plan column as an index of the merged row
+        return n_keys + n_aggs + column - EXPR if column >= EXPR else column
+
+    # the output type of each aggregate or expression, from the column that shows it
+    # (helper aggregates of HAVING / ORDER BY keep their partial's type)
+    shown: dict[int, int] = {}
     for out, col in zip(plan.outputs, original, strict=False):
-        if out.column >= n_keys:
-            agg_oid[out.column - n_keys] = col.oid
+        shown[at(out.column)] = col.oid
     oids = [desc[c].oid for c in plan.group_keys]
     for j, spec in enumerate(plan.aggs):
-        oids.append(agg_oid.get(j, v.NUMERIC_OID if spec.func == "avg"
-                                else v.INT8 if spec.func == "count"
-                                else desc[spec.args[0]].oid))
+        oids.append(shown.get(n_keys + j, v.NUMERIC_OID if spec.func == "avg"
+                              else v.INT8 if spec.func == "count"
+                              else desc[spec.args[0]].oid))
+    for i in range(len(plan.exprs)):
+        oids.append(shown.get(n_keys + n_aggs + i, v.NUMERIC_OID))
     codecs = [ctx.codec(oid) for oid in oids]
     rows: list[list[Any]] = []
     for g in groups:
@@ -597,9 +611,11 @@ def _finish_groups(plan: MergePlan, groups: list[_Group], desc: list[Column],
             row.append(_final(spec, g, j, oids[n_keys + j]))
         if plan.having is not None and plan.having(row) is not True:
             continue
+        for i, e in enumerate(plan.exprs):
+            row.append(_coerce(e(row), codecs[n_keys + n_aggs + i]))
         rows.append(row)
     for k in reversed(plan.order):  # stable sorts, last key first
-        col = k.column
+        col = at(k.column)
         key = codecs[col].sort_key
         nonnull = [r for r in rows if r[col] is not None]
         nulls = [r for r in rows if r[col] is None]
@@ -614,15 +630,16 @@ def _finish_groups(plan: MergePlan, groups: list[_Group], desc: list[Column],
     seen: set[tuple[Any, ...]] = set()
     for row in rows:
         if plan.distinct:
-            key = tuple(None if row[oc.column] is None else _hashable(
-                codecs[oc.column].group_key(_coerce(row[oc.column], codecs[oc.column])))
+            key = tuple(None if row[at(oc.column)] is None else _hashable(
+                codecs[at(oc.column)].group_key(_coerce(row[at(oc.column)],
+                                                        codecs[at(oc.column)])))
                 for oc in plan.outputs)
             if key in seen:
                 continue
             seen.add(key)
         encoded: list[bytes | None] = []
         for i, oc in enumerate(plan.outputs):
-            x = row[oc.column]
+            x = row[at(oc.column)]
             codec = out_codecs[i]
             encoded.append(None if x is None else codec.encode(_coerce(x, codec),
                                                                 original[i].binary))

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from sqlglot import exp
 
-from proxy.errors import FeatureNotSupported
+from proxy.errors import FeatureNotSupported, ShardwireError
+from proxy.exec.merge.values import numeric_div
 
 Row = list[Any]
 Eval = Callable[[Row], Any]
@@ -109,6 +110,27 @@ def compile_having(e: exp.Expression, group_exprs: list[exp.Expression],
         if isinstance(node, exp.Neg):
             inner = build(node.this)
             return lambda row: None if (v := inner(row)) is None else -_num(v)
+        if isinstance(node, exp.Coalesce):
+            parts = [build(node.this), *(build(x) for x in node.expressions)]
+
+            def coalesce(row: Row) -> Any:
+                for part in parts:
+                    x = part(row)
+                    if x is not None:
+                        return x
+                return None
+            return coalesce
+        if isinstance(node, exp.Round) and not isinstance(node.this, exp.Literal):
+            inner = build(node.this)
+            places = node.args.get("decimals")
+            digits = 0 if places is None else _literal_number(places.this) if isinstance(
+                places, exp.Literal) else None
+            if not isinstance(digits, int):
+                raise _refuse(node)
+            return lambda row: None if (x := inner(row)) is None else _round(x, digits)
+        if isinstance(node, exp.Abs):
+            inner = build(node.this)
+            return lambda row: None if (x := inner(row)) is None else abs(x)
         if isinstance(node, exp.Literal):
             if node.is_string:
                 text = node.this
@@ -120,7 +142,8 @@ def compile_having(e: exp.Expression, group_exprs: list[exp.Expression],
         if isinstance(node, exp.Boolean):
             flag = bool(node.this)
             return lambda row: flag
-        if isinstance(node, exp.AggFunc):
+        if isinstance(node, exp.AggFunc) or (
+                isinstance(node, exp.Filter) and isinstance(node.this, exp.AggFunc)):
             index = n_keys + add_agg(node)
             return lambda row: row[index]
         for k, g in enumerate(group_exprs):
@@ -133,8 +156,19 @@ def compile_having(e: exp.Expression, group_exprs: list[exp.Expression],
 
 def _refuse(node: exp.Expression) -> FeatureNotSupported:
     return FeatureNotSupported(
-        f"HAVING {node.sql(dialect='postgres')} over groups of several shards is not "
-        "supported", hint="use comparisons of aggregates and GROUP BY keys with constants")
+        f"{node.sql(dialect='postgres')} over aggregates of several shards is not supported "
+        "yet", hint="select the aggregates themselves, or use + - * / %, round, abs, "
+        "coalesce and comparisons")
+
+
+def _round(x: Any, digits: int) -> Any:
+    """round(numeric, n) as Postgres: half away from zero, n decimal places kept."""
+    if isinstance(x, float):
+        return float(round(Decimal(x), digits)) if digits else float(round(x))
+    d = Decimal(x)
+    if not d.is_finite():
+        return d
+    return d.quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP)
 
 
 def _literal_number(text: str) -> int | Decimal:
@@ -158,14 +192,14 @@ def _arith(kind: type[exp.Expression], a: Any, b: Any) -> Any:
     if kind is exp.Mul:
         return a * b
     if b == 0:
-        raise FeatureNotSupported("division by zero in HAVING")  # Postgres: 22012
+        raise ShardwireError("division by zero", sqlstate="22012")
     if kind is exp.Div:
         if isinstance(a, int) and isinstance(b, int):
             q = abs(a) // abs(b)  # integer division truncates toward zero, as in Postgres
             return q if (a >= 0) == (b >= 0) else -q
         if isinstance(a, float) or isinstance(b, float):
             return float(a) / float(b)
-        return Decimal(a) / Decimal(b)
+        return numeric_div(Decimal(a), Decimal(b))
     if isinstance(a, int) and isinstance(b, int):
         r = abs(a) % abs(b)
         return r if a >= 0 else -r
