@@ -127,6 +127,11 @@ class Scope:
     # a replicated FROM item preserved by an outer join against sharded data:
     # (preserved tables, sharded tables)
     preserved: tuple[str, str] | None = None
+    # ON conditions of such an outer join on its sharded side: (predicate, the sharded
+    # side's occurrences). Only rows matching them matter, so they restrict a group that
+    # lies wholly inside that side (DmlTemplate applies them; a group reaching outside it,
+    # e.g. correlated with an outer query, keeps its other rows)
+    on_preds: list[tuple[P, frozenset[int]]] = field(default_factory=list)
     correlated_occs: tuple[Occ, ...] = ()
 
 
@@ -722,12 +727,12 @@ class _Analyzer:
         elif side == "LEFT" and right_occs and not left_rows:
             scope.preserved = scope.preserved or (
                 self.names_of(before) or "a table function", _occ_names(right_occs))
-            if not left_occs and not _scope_has_subquery_occs(scope, src):
+            if not left_occs:
                 on_restricts = right_occs
         elif side == "RIGHT" and left_occs and not right_rows:
             scope.preserved = scope.preserved or (
                 self.names_of([src]) or "a table function", _occ_names(left_occs))
-            if not right_occs and not _scope_has_subquery_occs(scope, None):
+            if not right_occs:
                 on_restricts = left_occs
         elif side == "FULL" and (left_occs or right_occs):
             scope.preserved = scope.preserved or (
@@ -741,7 +746,7 @@ class _Analyzer:
                 if on_restricts:
                     p = self.pred(c, scope)
                     if _pred_within(p, on_restricts):
-                        scope.preds.append(p)
+                        scope.on_preds.append((p, frozenset(o.idx for o in on_restricts)))
         using = j.args.get("using")
         if using:
             for ident in using:
@@ -1098,19 +1103,6 @@ def _source_rows(src: Source) -> list[Occ]:
 
 def _occ_names(occs: Sequence[Occ]) -> str:
     return ", ".join(dict.fromkeys(o.name for o in occs))
-
-
-def _scope_has_subquery_occs(scope: Scope, exclude: Source | None) -> bool:
-    """Whether a subquery of ``scope`` (other than the FROM item ``exclude``) reads
-    sharded data so far: such data is outside the outer join being analysed."""
-    skip = exclude.child if exclude is not None else None
-    stack = [c for c in scope.children if c is not skip]
-    while stack:
-        s = stack.pop()
-        if s.occs:
-            return True
-        stack.extend(s.children)
-    return False
 
 
 def _pred_within(p: P, occs: Sequence[Occ]) -> bool:

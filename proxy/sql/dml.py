@@ -72,6 +72,13 @@ class DmlTemplate:
             for c in s.children:
                 gs |= c.subtree_groups
             s.subtree_groups = frozenset(gs)
+        # an outer join's ON conditions restrict a group lying wholly on its sharded side
+        members = {grp.gid: frozenset(o.idx for o in grp.members) for grp in self.groups}
+        for s in an.scopes:
+            for p, side in s.on_preds:
+                gids = _pred_groups(p, self.group_of)
+                if gids and all(members[g] <= side for g in gids):
+                    s.preds.append(p)
         for grp in self.groups:
             grp.finish()
             grp.formula = _specialize(self._formula(root, grp.gid), grp.gid, self.group_of)
@@ -99,11 +106,13 @@ class DmlTemplate:
             correlated = frozenset(self.group_of[o.idx] for o in s.correlated_occs)
             self.checks.append(_ScopeCheck(s.features, s.exemptable, exempt, s.subtree_groups,
                                            s is root, correlated))
-        # partitioned output: the result rows come from a sharded row source
-        self.outputs: list[frozenset[int]] = []
-        branches = _union_all_branches(root) or [root]
-        for b in branches:
-            self.outputs.append(frozenset(self.group_of[o.idx] for o in b.row_occs))
+        # partitioned output: over several shards, every result row must come from exactly
+        # one shard, so it must be built from a row of a sharded table (Scope.row_occs)
+        self.partition_error: ShardwireError | None = None
+        for b in _union_all_branches(root) or [root]:
+            if not b.row_occs:
+                self.partition_error = _partition_error(b)
+                break
         self.unlisted = tuple(an.unlisted)
         self.reference_reads = tuple(dict.fromkeys(an.reference_reads))
         self.reference_writes = tuple(dict.fromkeys(an.reference_writes))
@@ -304,8 +313,13 @@ class DmlTemplate:
         if rows is not None and len(set(rows)) > 1:
             return self._split_route(b, ordered, reason)
         needs_merge = False
+        if len(ordered) > 1 and self.partition_error is not None:
+            return _error_route(self, self.partition_error)
         if len(ordered) > 1:
-            needs_merge, why = self._needs_merge(group_shards)
+            try:
+                needs_merge, why = self._needs_merge(group_shards)
+            except FeatureNotSupported as e:
+                return _error_route(self, e, reason)
             if needs_merge:
                 reason += f"; cross-shard {why} needs merging"
                 if self.is_write:
@@ -354,8 +368,13 @@ class DmlTemplate:
         else:
             return None
         needs_merge = False
+        if len(shards) > 1 and self.partition_error is not None:
+            return _error_route(self, self.partition_error)
         if len(shards) > 1:
-            needs_merge, why = self._needs_merge({grp.gid: self._all_shards})
+            try:
+                needs_merge, why = self._needs_merge({grp.gid: self._all_shards})
+            except FeatureNotSupported:
+                return None  # the general path says why
             if needs_merge:
                 if self.is_write:
                     return None
@@ -377,22 +396,29 @@ class DmlTemplate:
                      tables=self.tables, source=source)
 
     def _needs_merge(self, group_shards: dict[int, frozenset[str]]) -> tuple[bool, str]:
+        """Whether the result needs combining across shards, and why. Raises
+        FeatureNotSupported when a subquery (not the statement's own top level) would need
+        it: the merge engine combines the top-level rows only."""
         multi = {g for g, s in group_shards.items() if len(s) > 1}
+        root_why = ""
         for c in self.checks:
             if c.is_root or c.groups & multi:
                 if len(c.correlated) == 1 and c.groups <= c.correlated:
                     continue  # a subquery correlated on the shard key: local to each shard
-                if c.features:
-                    return True, c.features
-                if c.exemptable:
+                why = c.features
+                if not why and c.exemptable:
                     if len(c.exempt_groups) == 1 and c.groups <= c.exempt_groups:
                         continue
-                    return True, c.exemptable
-        # the result rows must come from a sharded table on the shards they are read from
-        for out in self.outputs:
-            if not out:
-                return True, "result not read from a sharded table"
-        return False, ""
+                    why = c.exemptable
+                if not why:
+                    continue
+                if not c.is_root:
+                    raise FeatureNotSupported(
+                        f"a subquery with {why} over rows of several shards is not supported",
+                        hint="group or filter the subquery by the shard key so each shard "
+                             "answers it alone, or move it to the top level")
+                root_why = root_why or why  # go on: a subquery may still refuse
+        return bool(root_why), root_why
 
     def _check_key_sets(self, b: Binding, group_shards: dict[int, frozenset[str]]
                         ) -> ShardwireError | None:
@@ -488,6 +514,68 @@ def _union_all_branches(root: Scope) -> list[Scope]:
             out.extend(_union_all_branches(c) or [c])
         return out
     return []
+
+
+def _partition_error(scope: Scope) -> ShardwireError:
+    """Why the rows of ``scope`` (no row source, see Scope.row_occs) would be repeated or
+    wrong over several shards."""
+    s = scope
+    while True:
+        if s.preserved is not None:
+            kept, sharded = s.preserved
+            return FeatureNotSupported(
+                f"an outer join that keeps all rows of {kept} (not sharded) joined to sharded "
+                f"table {sharded} cannot be answered by several shards: every shard would "
+                f"return the rows of {kept} that have no match among its own part of {sharded}",
+                hint=f"filter {sharded} by its shard key (one shard), use an INNER JOIN, or "
+                "keep the rows of the sharded table (LEFT JOIN from it)",
+            )
+        inner = [src.child for src in s.sources if src.child is not None and not src.nullable
+                 and not src.child.row_occs and src.child.subtree_groups]
+        if len(inner) != 1:
+            break
+        s = inner[0]
+        if s.kind == "setop":
+            break
+    names = ", ".join(dict.fromkeys(o.name for o in _occs_under(s)))
+    if not names:
+        return FeatureNotSupported(
+            "a UNION [ALL] branch that reads no sharded table would be answered by every shard "
+            "the statement runs on, repeating its rows",
+            hint="send that branch as a separate statement, or restrict the sharded branches "
+            "to one shard key value",
+        )
+    if s.kind == "setop":
+        return FeatureNotSupported(
+            f"a set operation over {names} whose branches do not all read a sharded table "
+            "cannot be answered by several shards",
+            hint="restrict the statement to one shard key value, or split it")
+    return FeatureNotSupported(
+        f"a query whose rows come from reference tables (or no table) and that reads sharded "
+        f"table {names} only in subqueries (EXISTS, NOT EXISTS, IN, scalar subqueries) cannot "
+        f"be answered by several shards: every shard would answer from its own part of {names}",
+        hint=f"restrict {names} to one shard key value (one shard), or read {names} in the "
+        "FROM clause with an INNER JOIN, so that each row comes from one of its rows",
+    )
+
+
+def _occs_under(scope: Scope) -> list[Occ]:
+    out = list(scope.occs)
+    for c in scope.children:
+        out.extend(_occs_under(c))
+    return out
+
+
+def _pred_groups(p: P, group_of: list[int]) -> set[int]:
+    tag = p[0]
+    if tag == "true":
+        return set()
+    if tag in ("and", "or"):
+        out: set[int] = set()
+        for x in p[1]:
+            out |= _pred_groups(x, group_of)
+        return out
+    return {group_of[o.idx] for o in p[1]}
 
 
 def _disjoint(sets: list[frozenset[int]]) -> bool:

@@ -170,7 +170,6 @@ class _Planner:
 
     def plan(self) -> MergePlan:
         s = self.select
-        self._check_inner(s)
         if s.args.get("windows") or any(
                 isinstance(n, exp.Window) for e in s.expressions for n in e.walk()):
             raise FeatureNotSupported(
@@ -185,29 +184,8 @@ class _Planner:
             return self._aggregate_plan()
         return self._sorted_plan()
 
-    # ----------------------------------------------------------------- checks
-    @staticmethod
-    def _check_inner(s: exp.Select) -> None:
-        """Merging happens at the top level only: a subquery whose own result would need
-        combining across shards cannot be answered by merging the top-level rows."""
-        for node in s.walk():
-            if node is s:
-                continue
-            if isinstance(node, (exp.Subquery, exp.Select)) and node.find_ancestor(
-                    exp.Select) is not None:
-                inner = node.this if isinstance(node, exp.Subquery) else node
-                if isinstance(inner, exp.Select) and inner is not s and (
-                        inner.args.get("limit") or inner.args.get("offset")
-                        or inner.args.get("distinct") or inner.args.get("group")
-                        or any(_has_agg(e) for e in inner.expressions)
-                        or inner.args.get("order")):
-                    # the router sent this to several shards, so the subquery is not
-                    # local to one shard: its result would be per shard
-                    raise FeatureNotSupported(
-                        "a subquery that aggregates, sorts or limits rows of several "
-                        "shards is not supported",
-                        hint="join on the shard key so each shard answers it alone, or "
-                             "move the aggregate to the top level")
+    # The router (proxy/sql/dml.py) has already refused statements whose subqueries would
+    # need a merge of their own: what reaches the merge engine needs one at the top only.
 
     # ----------------------------------------------------------------- plain rows
     def _sorted_plan(self) -> MergePlan:
@@ -525,11 +503,15 @@ def _is_agg(e: exp.Expression) -> bool:
 
 
 def _has_agg(e: exp.Expression) -> bool:
-    for node in e.walk():
-        if isinstance(node, exp.Subquery):
+    """An aggregate of this query level (not inside a subquery, which has its own)."""
+    stack = [e]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (exp.Subquery, exp.Select)) and node is not e:
             continue
         if _is_agg(node):
             return True
+        stack.extend(node.iter_expressions())
     return False
 
 
