@@ -104,6 +104,17 @@ def cmd_route(args: argparse.Namespace) -> int:
         return 2
     route = Planner(config).plan(args.sql, args.param or None)
     print(explain(route))
+    if route.error is None and route.needs_merge:
+        from proxy.errors import ShardwireError
+        from proxy.sql.merge import plan_merge
+
+        try:
+            plan = plan_merge(args.sql)
+        except ShardwireError as exc:
+            print(f"merge: refused, {exc.sqlstate}: {exc.message}")
+            return 1
+        print("merge plan:")
+        print("\n".join(f"  {line}" for line in plan.describe().splitlines()))
     return 1 if route.error is not None else 0
 
 

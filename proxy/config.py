@@ -161,6 +161,14 @@ class PoolConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MergeConfig:
+    """Cross-shard SELECT merging: ``max_groups`` caps the groups (and DISTINCT rows) one
+    merge may hold in memory; beyond it the query fails with 53200."""
+
+    max_groups: int = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
 class Dsn:
     """A parsed ``postgresql://`` URL. ``params`` are the remaining query parameters."""
 
@@ -284,6 +292,7 @@ class Config:
     sharding: Sharding
     tables: Mapping[str, Table]
     unparsed: Unparsed
+    merge: MergeConfig = MergeConfig()
 
     @property
     def shard_names(self) -> tuple[str, ...]:
@@ -528,6 +537,7 @@ _TOP_KEYS: Final = (
     "sharding",
     "unparsed",
     "tables",
+    "merge",
 )
 
 
@@ -1224,6 +1234,10 @@ def parse_config(data: object, source: str = "<config>", base_dir: Path | None =
     sharding = p.sharding(top.get("sharding"), names)
     unparsed = cast(Unparsed, p.choice(top.get("unparsed", "default"), "unparsed", UNPARSED_MODES))
     tables = p.tables(top.get("tables"), names)
+    merge_map = p.optional_mapping(top.get("merge"), "merge", ("max_groups",))
+    merge = MergeConfig(max_groups=p.integer(
+        merge_map.get("max_groups", MergeConfig().max_groups), "merge.max_groups", 1, None,
+        "an integer >= 1"))
     return Config(
         source=source,
         listen=listen,
@@ -1238,6 +1252,7 @@ def parse_config(data: object, source: str = "<config>", base_dir: Path | None =
         sharding=sharding,
         tables=MappingProxyType(tables),
         unparsed=unparsed,
+        merge=merge,
     )
 
 

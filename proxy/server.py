@@ -87,7 +87,7 @@ class Proxy:
         # shards' collation (asked once), and the cap on groups / distinct rows held.
         self._merge_plans: dict[str, MergePlan | ShardwireError] = {}
         self.collation: str | None = None
-        self.max_groups = 1_000_000
+        self.max_groups = config.merge.max_groups
         self.max_server_statements = 2000
         self.shutting_down = False
         self._server: asyncio.Server | None = None

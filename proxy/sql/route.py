@@ -140,7 +140,7 @@ def explain(route: Route) -> str:
     if route.tables:
         lines.append(f"tables: {', '.join(route.tables)}")
     if route.needs_merge:
-        lines.append("needs merge: yes (cross-shard results need combining: not supported yet)")
+        lines.append("needs merge: yes (the merge engine combines the shards' results)")
     if route.rewrites:
         rows = route.rewrite_rows or ((),) * len(route.rewrites)
         for (shard, sql), row_idx in zip(route.rewrites, rows, strict=False):

@@ -279,3 +279,19 @@ def test_single_shard_reads_may_use_all_of_sql(routed: RunningProxy,
         # an unlisted table lives on the default shard
         assert conn.execute(f"SELECT id FROM {UNLISTED} ORDER BY id DESC LIMIT 2").fetchall() \
             == [(4,), (3,)]
+
+
+def test_group_cap_fails_clearly(proxy_factory: ProxyFactory,
+                                 data: dict[str, list[Row]]) -> None:
+    """merge.max_groups bounds what one merge holds: beyond it 53200 names the setting, and
+    the session goes on."""
+    groups = len({r[1] for r in every_row(data)})
+    assert groups > 2
+    with routed_proxy(proxy_factory, TABLES, merge={"max_groups": 2}) as capped:
+        with via(capped) as conn:
+            with pytest.raises(psycopg.Error) as info:
+                conn.execute(f"SELECT grp, count(*) FROM {ITEMS} GROUP BY grp")
+            assert info.value.sqlstate == "53200", info.value
+            assert "merge.max_groups" in (info.value.diag.message_hint or "")
+            assert conn.execute(f"SELECT count(*) FROM {ITEMS}").fetchone() == (
+                len(every_row(data)),)

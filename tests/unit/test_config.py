@@ -1109,3 +1109,12 @@ def test_summarize_loaded_example() -> None:
     assert "public.events: list on region" in text
     assert "public.logs: range on created_at" in text
     assert "secret" not in text
+
+
+def test_merge_max_groups() -> None:
+    assert parse(base()).merge.max_groups == 1_000_000
+    assert parse(with_(merge={"max_groups": 5})).merge.max_groups == 5
+    with pytest.raises(ConfigError, match=r"merge\.max_groups"):
+        parse(with_(merge={"max_groups": 0}))
+    with pytest.raises(ConfigError, match="merge"):
+        parse(with_(merge={"max_rows": 5}))
