@@ -115,6 +115,7 @@ async def end_transaction(session: ClientSession, parts: list[ServerConnection],
             session.pending.clear()
         session.savepoints.clear()
         session.begin_sql = None
+        session.cursors.clear()
         if had_pending:  # SETs of this transaction ran on some of them: resync next time
             for server, _ in servers:
                 server.settings.clear()
@@ -756,14 +757,32 @@ async def merge(session: ClientSession, route: Route, plan: MergePlan, sql: str,
         req, describe, count = shaped
         resume = index + count
 
+    portal = _bind_portal(region, frames[index]) if not simple else ""
+    cursor = bool(portal) and req.max_rows != 0  # -1: bound now, executed later
+
     async def body(servers: Held) -> bool:
         conns = [server for server, _ in servers]
         ctx = _merge_context(session, await _collation(session, conns[0]))
         if not simple:
             session.write(m.BIND_COMPLETE_MSG)
         try:
-            await engine.run(plan, conns, req, session.write, describe=describe, ctx=ctx,
-                             max_groups=session.proxy.max_groups)
+            if cursor:
+                # a cursor (a named portal fetched in steps, inside a transaction): the
+                # shards keep named portals, the session keeps the merge between Executes
+                run = engine.Merge(plan, conns, req, ctx, session.proxy.max_groups,
+                                   portal=f"sw_cursor_{portal}")
+                try:
+                    await run.start(session.write, describe=describe)
+                    suspended = True
+                    if req.max_rows > 0:
+                        _, suspended = await run.fetch(req.max_rows, session.write)
+                finally:
+                    await run.sync()
+                if suspended:
+                    session.cursors[portal] = (run, tuple(route.shards))
+            else:
+                await engine.run(plan, conns, req, session.write, describe=describe,
+                                 ctx=ctx, max_groups=session.proxy.max_groups)
         except engine.ShardError as exc:
             session.write(exc.message())
             if not simple:
@@ -796,18 +815,24 @@ def _merge_request(session: ClientSession, sql: str, region: bytes, frames: list
                   param_types=struct.pack(f"!h{len(types)}I", len(types), *types),
                   params=region[pos:results], values=values, formats=tuple(formats))
     describe = False
+    req.max_rows = -1  # no Execute in this batch: a portal bound now, executed later
     for i in range(index + 1, len(frames)):
         mtype, s, e = frames[i]
         if mtype == m.DESCRIBE and region[s] == ord("P"):
             describe = True
         elif mtype == m.EXECUTE:
             req.max_rows = m.execute_max_rows(region, s, e)
-            if req.max_rows and portal != "":
+            if req.max_rows and portal != "" and not session.in_transaction():
                 return FeatureNotSupported(
                     "a cursor (a named portal fetched a limited number of rows at a time) "
-                    "over a merged cross-shard result is not supported yet",
-                    hint="fetch all rows at once (no fetch size / cursor)")
+                    "over a merged cross-shard result needs a transaction",
+                    hint="open a transaction first (as JDBC fetchSize and asyncpg cursors "
+                         "do), or fetch all rows at once")
         elif mtype == m.SYNC:
+            if req.max_rows < 0 and (portal == "" or not session.in_transaction()):
+                return FeatureNotSupported(
+                    "a portal over rows of several shards must be executed in the batch "
+                    "that binds it, unless it is a named portal inside a transaction")
             return req, describe, i - index + 1
         elif mtype != m.FLUSH:
             break
@@ -815,6 +840,53 @@ def _merge_request(session: ClientSession, sql: str, region: bytes, frames: list
         "a cross-shard SELECT that needs a merge must arrive as Bind, Describe, Execute and "
         "Sync in one write", hint="libpq, JDBC, psycopg and asyncpg do so; so should this "
         "client")
+
+
+def _bind_portal(region: bytes, frame: Frame) -> str:
+    return m.read_cstr(region, frame[1])[0]
+
+
+async def cursor_fetch(session: ClientSession, portal: str, region: bytes,
+                       frames: list[Frame], index: int) -> None:
+    """The client's next Execute (at `index`) of a cursor over a merged result."""
+    run, shards = session.cursors[portal]
+    _, start, end = frames[index]
+    max_rows = m.execute_max_rows(region, start, end)
+    resume = index + 1
+    while resume < len(frames) and frames[resume][0] == m.FLUSH:
+        resume += 1
+    if resume < len(frames) and frames[resume][0] == m.SYNC:
+        resume += 1
+        sync = True
+    else:
+        sync = False
+
+    async def body(servers: Held) -> bool:
+        try:
+            _, suspended = await run.fetch(max_rows, session.write)
+        except engine.ShardError as exc:
+            session.write(exc.message())
+            suspended = False
+        finally:
+            await run.sync()
+        if not suspended:
+            session.cursors.pop(portal, None)
+        if sync:
+            session.write(m.ready_for_query(session.client_status()))
+        return False
+
+    held = []
+    for shard in shards:
+        h = session.held.get(shard)
+        if h is None:
+            session.cursors.pop(portal, None)
+            session._busy = False
+            session.reject(ShardwireError(
+                f'cursor "{portal}" does not exist', sqlstate="34000"), simple=False)
+            _go_on(session, region, frames, resume)
+            return
+        held.append(h)
+    await _run(session, shards, body, region, frames, resume, False, servers=held)
 
 
 def _merge_context(session: ClientSession, collation: str) -> engine.Context:

@@ -187,6 +187,8 @@ class ClientSession:
         # The client's implicit transaction (an extended batch) spread over shards: its
         # Sync commits every participant (see _drained).
         self.implicit_txn = False
+        # cursors over merged cross-shard results, by client portal (see fanout.merge)
+        self.cursors: dict[str, tuple[Any, tuple[str, ...]]] = {}
         self._lookahead: tuple[int, int, str] | None = None  # (region id, Bind, shard)
 
     # ----------------------------------------------------------------- client -> server
@@ -308,6 +310,13 @@ class ClientSession:
                 self._sync_implicit(region, frames, index)
                 self.flush()
                 return
+            if self.cursors and (mtype == m.EXECUTE or mtype == m.DESCRIBE
+                                 or mtype == m.CLOSE) and self._cursor_frame(
+                                     mtype, region, start, end, frames, index - 1):
+                if self._busy:
+                    self.flush()
+                    return
+                continue
             shard: str | None = None
             if planner is not None and (mtype == m.QUERY or mtype == m.PARSE
                                         or mtype == m.BIND):
@@ -482,6 +491,12 @@ class ClientSession:
             except ShardwireError as exc:
                 self.reject(exc, simple=simple)
                 return None
+        elif not simple and stype == "select" and _row_limited(region, frames, index):
+            # a cursor over rows of several shards: the merge engine fetches in steps
+            try:
+                merged = self.proxy.merge_plan(sql)
+            except ShardwireError:
+                merged = None
         if stype == "multi":
             self.reject(FeatureNotSupported(
                 "a multi-statement query whose statements need several shards is not "
@@ -497,6 +512,30 @@ class ClientSession:
             return None
         self.go_async(fanout.statement(self, route, sql, region, frames, index, simple))
         return None
+
+    def _cursor_frame(self, mtype: int, region: bytes, start: int, end: int,
+                      frames: list[Frame], index: int) -> bool:
+        """Execute / Describe / Close of a cursor over a merged result: handled here."""
+        if mtype == m.EXECUTE:
+            portal, _ = m.read_cstr(region, start)
+            if portal not in self.cursors:
+                return False
+            if not self._drained(region, frames, index):
+                return True
+            self.go_async(fanout.cursor_fetch(self, portal, region, frames, index))
+            return True
+        if region[start] != ord("P"):
+            return False
+        portal, _ = m.read_cstr(region, start + 1)
+        entry = self.cursors.get(portal)
+        if entry is None:
+            return False
+        if mtype == m.DESCRIBE:
+            self.synth(entry[0].describe())
+        else:
+            del self.cursors[portal]  # its shard portals go with the transaction
+            self.synth(m.CLOSE_COMPLETE_MSG)
+        return True
 
     def _failed_shard(self) -> str | None:
         for shard, (server, _) in self.held.items():
@@ -1145,6 +1184,8 @@ class ClientSession:
             status = server.status = region[frames[-1][1]:frames[-1][1] + 1]
             if status == b"I":
                 self.begin_sql = None
+                if self.cursors:
+                    self.cursors.clear()
             self.write(region)
             if status == b"I" and self.transaction_mode and self.server is server:
                 self.release_server()
@@ -1259,6 +1300,8 @@ class ClientSession:
                     if status == b"I":
                         if not self.deferred_begin:
                             self.begin_sql = None
+                        if self.cursors:
+                            self.cursors.clear()
                         if self.failed:  # the (implicit) transaction was rolled back
                             self.pending.clear()
                             self.savepoints.clear()
@@ -1507,6 +1550,21 @@ class ClientSession:
                 self.proxy.spawn(self.proxy.reset_and_release(pool, server))
             else:
                 pool.release(server)
+
+
+def _row_limited(region: bytes, frames: list[Frame], index: int) -> bool:
+    """Whether the batch from frame `index` (a Bind) to its Sync executes with a row limit,
+    or only binds a named portal (to execute it later, in steps)."""
+    named = region[frames[index][1]] != 0
+    for i in range(index + 1, len(frames)):
+        mtype, start, end = frames[i]
+        if mtype == m.SYNC:
+            return named
+        if mtype == m.BIND:
+            return False
+        if mtype == m.EXECUTE:
+            return m.execute_max_rows(region, start, end) != 0
+    return False
 
 
 def _has_deallocate(region: bytes, start: int, end: int) -> bool:

@@ -110,20 +110,28 @@ async def test_scan_without_merge_asyncpg(routed: RunningProxy,
     assert sorted(tuple(r) for r in some) == [r for r in every_row(data) if r[1] == 3]
 
 
-async def test_cursor_over_several_shards_is_refused_clearly(
-        routed: RunningProxy, data: dict[str, list[Row]]) -> None:
-    """A portal read in batches (a named portal, Execute with a row limit) over both shards
-    is a documented limit for now: a clear 0A000, never a partial answer; the session goes
-    on, and the same read without a cursor returns every row."""
+async def test_cursors_over_several_shards(routed: RunningProxy,
+                                           data: dict[str, list[Row]]) -> None:
+    """A portal read in batches (a named portal, Execute with a row limit, PortalSuspended)
+    in a transaction over both shards: plain rows and a merged ORDER BY, with asyncpg;
+    the session goes on afterwards."""
     conn = await asyncpg.connect(routed.url())
     try:
-        with pytest.raises(asyncpg.FeatureNotSupportedError, match="cursor"):
-            async with conn.transaction():
-                _ = [tuple(r) async for r in conn.cursor(
-                    f"SELECT id, grp, v FROM {ITEMS}", prefetch=50)]
+        async with conn.transaction():
+            batched = [tuple(r) async for r in conn.cursor(
+                f"SELECT id, grp, v FROM {ITEMS}", prefetch=50)]
+            ordered = [tuple(r) async for r in conn.cursor(
+                f"SELECT id, grp, v FROM {ITEMS} ORDER BY id DESC", prefetch=7)]
+            cur = await conn.cursor(f"SELECT id FROM {ITEMS} ORDER BY id")
+            first = await cur.fetch(5)
+            more = await cur.fetch(3)
         rows = await conn.fetch(f"SELECT id, grp, v FROM {ITEMS}")
     finally:
         await conn.close()
+    assert sorted(batched) == every_row(data)
+    assert ordered == sorted(every_row(data), reverse=True)
+    ids = sorted(r[0] for r in every_row(data))
+    assert [r[0] for r in first] == ids[:5] and [r[0] for r in more] == ids[5:8]
     assert sorted(tuple(r) for r in rows) == every_row(data)
 
 

@@ -104,8 +104,9 @@ def data_row(values: Sequence[bytes | None]) -> bytes:
 class Stream:
     """One shard's portal, read in batches."""
 
-    def __init__(self, server: ServerConnection) -> None:
+    def __init__(self, server: ServerConnection, portal: str = "") -> None:
         self.server = server
+        self.portal = portal
         self.rows: deque[bytes] = deque()
         self.done = False
         self.suspended = False
@@ -142,15 +143,15 @@ class Stream:
         if not self.rows:
             if self.done:
                 return None
-            self.server.send(_execute_flush())
+            self.server.send(_execute_flush(self.portal))
             await self.read(until_rows=True)
             if not self.rows:
                 return None
         return self.rows.popleft()
 
 
-def _execute_flush() -> bytes:
-    return m.message(m.EXECUTE, b"\x00" + _I32.pack(BATCH)) + m.message(m.FLUSH)
+def _execute_flush(portal: str = "") -> bytes:
+    return m.message(m.EXECUTE, m.cstr(portal) + _I32.pack(BATCH)) + m.message(m.FLUSH)
 
 
 @dataclass
@@ -206,18 +207,160 @@ def _format_for(formats: tuple[int, ...], i: int) -> int:
 async def run(plan: MergePlan, servers: Sequence[ServerConnection], req: Request,
               write: Callable[[bytes], None], *, describe: bool, ctx: Context,
               max_groups: int) -> tuple[int, bool]:
-    """Run the plan; write RowDescription (when `describe`), rows, CommandComplete (or
-    PortalSuspended). Returns (rows sent, suspended). Raises ShardError / ShardwireError
-    after bringing every server back to ReadyForQuery."""
-    streams = [Stream(s) for s in servers]
+    """Run the plan once; write RowDescription (when `describe`), rows, CommandComplete (or
+    PortalSuspended at the client's row limit). Returns (rows sent, suspended). Raises
+    ShardError / ShardwireError after bringing every server back to ReadyForQuery."""
+    merge = Merge(plan, servers, req, ctx, max_groups)
     try:
-        return await _run(plan, streams, req, write, describe=describe, ctx=ctx,
-                          max_groups=max_groups)
+        await merge.start(write, describe=describe)
+        return await merge.fetch(req.max_rows, write)
     finally:
+        await merge.sync()
+
+
+class Merge:
+    """One merged result, resumable: :meth:`start` opens a portal on every shard,
+    :meth:`fetch` writes the next rows (a cursor calls it once per client Execute), and
+    :meth:`sync` ends each shard's batch so the servers can run other statements (inside a
+    transaction a named portal survives that, and the cursor can go on)."""
+
+    def __init__(self, plan: MergePlan, servers: Sequence[ServerConnection], req: Request,
+                 ctx: Context, max_groups: int, *, portal: str = "") -> None:
+        self.plan = plan
+        self.req = req
+        self.ctx = ctx
+        self.max_groups = max_groups
+        self.portal = portal
+        self.streams = [Stream(s, portal) for s in servers]
+        self.original: list[Column] = []
+        self.rows: Any = None  # async iterator of DataRow messages
+        self.sent = 0
+        self.done = False
+
+    async def start(self, write: Callable[[bytes], None], *, describe: bool) -> None:
+        plan, req, streams = self.plan, self.req, self.streams
+        original = self.original = await _describe(streams[0].server, req)
+        width = len(original)
+        # partials of aggregates and the sort-key helpers come in binary (no DateStyle, no
+        # extra_float_digits, no parsing of text); forwarded columns in the client's format
+        if plan.aggregate:
+            shard_formats = [1]
+        else:
+            shard_formats = ([_format_for(req.formats, i) for i in range(width)]
+                             + [1] * plan.helpers)
+        portal = m.cstr(self.portal)
+        bind = (portal + m.cstr("") + req.params + _I16.pack(len(shard_formats))
+                + b"".join(_I16.pack(f) for f in shard_formats))
+        request = (m.message(m.PARSE, m.cstr("") + m.cstr(plan.shard_sql) + req.param_types)
+                   + m.message(m.BIND, bind) + m.message(m.DESCRIBE, b"P" + portal)
+                   + _execute_flush(self.portal))
         for st in streams:
+            st.server.send(request)
+        for st in streams:
+            await st.read(until_rows=True)
+        shard_desc = streams[0].description or []
+        for i, col in enumerate(original):
+            col.rest[16:18] = _I16.pack(_format_for(req.formats, i))
+        if describe:
+            write(row_description(original))
+        self.rows = self._rows(shard_desc, width)
+
+    def describe(self) -> bytes:
+        return row_description(self.original)
+
+    async def _rows(self, shard_desc: list[Column], width: int):  # type: ignore[no-untyped-def]
+        plan, req, ctx, streams = self.plan, self.req, self.ctx, self.streams
+        limit = _bound(plan.limit, req)
+        offset = _bound(plan.offset, req) or 0
+        if plan.aggregate:
+            groups = await _aggregate(plan, streams, shard_desc, ctx, self.max_groups)
+            out = _finish_groups(plan, groups, shard_desc, self.original, ctx)[offset:]
+            for row in out if limit is None else out[:limit]:
+                yield data_row(row)
+            return
+        keys = [_key_reader(k, shard_desc, ctx) for k in plan.order]
+        source = _merged(streams, keys) if keys else _concat(streams)
+        if plan.distinct_on is not None:
+            on = [_value_reader(c, shard_desc, ctx) for c in plan.distinct_on]
+            source = _distinct_on(source, on)
+        elif plan.distinct:
+            readers = [_value_reader(c, shard_desc, ctx) for c in range(width)]
+            source = _distinct(source, readers, self.max_groups)
+        sent = 0
+        skipped = 0
+        last_key: tuple[Any, ...] | None = None
+        async for body in source:
+            if skipped < offset:
+                skipped += 1
+                continue
+            if limit is not None and sent >= limit:
+                if not plan.with_ties or limit == 0:
+                    break
+                values = split_row(body)
+                if tuple(k(values) for k in keys) != last_key:
+                    break
+            elif plan.with_ties and limit is not None and sent == limit - 1:
+                values = split_row(body)
+                last_key = tuple(k(values) for k in keys)
+            if plan.helpers:
+                body = data_row(split_row(body)[:width])[5:]
+            sent += 1
+            yield m.message(m.DATA_ROW, body)
+
+    async def fetch(self, max_rows: int, write: Callable[[bytes], None]) -> tuple[int, bool]:
+        """Write up to `max_rows` rows (0: all), then PortalSuspended if more are left,
+        else CommandComplete with the total. Returns (rows written now, suspended)."""
+        batch: list[bytes] = []
+        count = 0
+        rows = self.rows
+        if not self.done:
+            while not max_rows or count < max_rows:
+                try:
+                    row = await rows.__anext__()
+                except StopAsyncIteration:
+                    self.done = True
+                    break
+                batch.append(row)
+                count += 1
+                if len(batch) >= 256:
+                    _flush(batch, write)
+            if max_rows and count >= max_rows and not self.done:
+                # one more row decides between PortalSuspended and CommandComplete
+                try:
+                    peeked = await rows.__anext__()
+                except StopAsyncIteration:
+                    self.done = True
+                else:
+                    self.rows = _prepend(peeked, rows)
+        _flush(batch, write)
+        self.sent += count
+        if self.done:
+            write(m.command_complete(f"SELECT {self.sent}"))
+            return count, False
+        write(m.message(m.PORTAL_SUSPENDED))
+        return count, True
+
+    async def sync(self) -> None:
+        """End each shard's batch (their named portals live on inside a transaction)."""
+        for st in self.streams:
             st.server.send(m.SYNC_MSG)
-        for st in streams:
+        for st in self.streams:
             await _until_ready(st.server)
+
+    async def close(self) -> None:
+        """Close the shard portals of a cursor the client closed."""
+        if self.portal:
+            close = m.message(m.CLOSE, b"P" + m.cstr(self.portal)) + m.SYNC_MSG
+            for st in self.streams:
+                st.server.send(close)
+            for st in self.streams:
+                await _until_ready(st.server)
+
+
+async def _prepend(first: bytes, rest: Any):  # type: ignore[no-untyped-def]
+    yield first
+    async for row in rest:
+        yield row
 
 
 async def _until_ready(server: ServerConnection) -> None:
@@ -242,97 +385,10 @@ async def _describe(server: ServerConnection, req: Request) -> list[Column]:
             raise ShardError(m.decode_fields(body), server.shard)
 
 
-async def _run(plan: MergePlan, streams: list[Stream], req: Request,
-               write: Callable[[bytes], None], *, describe: bool, ctx: Context,
-               max_groups: int) -> tuple[int, bool]:
-    original = await _describe(streams[0].server, req)
-    width = len(original)
-    # partials of aggregates and the sort-key helpers come in binary (no DateStyle, no
-    # extra_float_digits, no parsing of text); forwarded columns in the client's format
-    if plan.aggregate:
-        shard_formats = [1]
-    else:
-        shard_formats = ([_format_for(req.formats, i) for i in range(width)]
-                         + [1] * plan.helpers)
-    bind = (m.cstr("") + m.cstr("") + req.params
-            + _I16.pack(len(shard_formats)) + b"".join(_I16.pack(f) for f in shard_formats))
-    request = (m.message(m.PARSE, m.cstr("") + m.cstr(plan.shard_sql) + req.param_types)
-               + m.message(m.BIND, bind) + m.message(m.DESCRIBE, b"P\x00") + _execute_flush())
-    for st in streams:
-        st.server.send(request)
-    for st in streams:
-        await st.read(until_rows=True)
-    shard_desc = streams[0].description or []
-    for i, col in enumerate(original):
-        col.rest[16:18] = _I16.pack(_format_for(req.formats, i))
-    if describe:
-        write(row_description(original))
-    limit = _bound(plan.limit, req)
-    offset = _bound(plan.offset, req) or 0
-    if plan.aggregate:
-        groups = await _aggregate(plan, streams, shard_desc, ctx, max_groups)
-        out = _finish_groups(plan, groups, shard_desc, original, ctx)
-        return _emit(out, limit, offset, req.max_rows, write)
-    keys = [_key_reader(k, shard_desc, ctx) for k in plan.order]
-    source = _merged(streams, keys) if keys else _concat(streams)
-    if plan.distinct_on is not None:
-        on = [_value_reader(c, shard_desc, ctx) for c in plan.distinct_on]
-        source = _distinct_on(source, on)
-    elif plan.distinct:
-        readers = [_value_reader(c, shard_desc, ctx) for c in range(width)]
-        source = _distinct(source, readers, max_groups)
-    sent = 0
-    skipped = 0
-    batch: list[bytes] = []
-    last_key: tuple[Any, ...] | None = None
-    async for body in source:
-        if skipped < offset:
-            skipped += 1
-            continue
-        if limit is not None and sent >= limit:
-            if not plan.with_ties or limit == 0:
-                break
-            values = split_row(body)
-            if tuple(k(values) for k in keys) != last_key:
-                break
-        elif plan.with_ties and limit is not None and sent == limit - 1:
-            values = split_row(body)
-            last_key = tuple(k(values) for k in keys)
-        if req.max_rows and sent >= req.max_rows:
-            _flush(batch, write)
-            write(m.message(m.PORTAL_SUSPENDED))
-            return sent, True
-        if plan.helpers:
-            body = data_row(split_row(body)[:width])[5:]
-        batch.append(m.message(m.DATA_ROW, body))
-        sent += 1
-        if len(batch) >= 256:
-            _flush(batch, write)
-    _flush(batch, write)
-    write(m.command_complete(f"SELECT {sent}"))
-    return sent, False
-
-
 def _flush(batch: list[bytes], write: Callable[[bytes], None]) -> None:
     if batch:
         write(b"".join(batch))
         batch.clear()
-
-
-def _emit(rows: list[list[bytes | None]], limit: int | None, offset: int, max_rows: int,
-          write: Callable[[bytes], None]) -> tuple[int, bool]:
-    rows = rows[offset:]
-    if limit is not None:
-        rows = rows[:limit]
-    suspended = bool(max_rows) and len(rows) > max_rows
-    if suspended:
-        rows = rows[:max_rows]
-    write(b"".join(data_row(r) for r in rows))
-    if suspended:
-        write(m.message(m.PORTAL_SUSPENDED))
-    else:
-        write(m.command_complete(f"SELECT {len(rows)}"))
-    return len(rows), suspended
 
 
 def _bound(b: Bound | None, req: Request) -> int | None:
