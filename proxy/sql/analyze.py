@@ -558,7 +558,9 @@ class _Analyzer:
             agg, window = agg or a, window or w
         if agg:
             exemptable.append("aggregate")
-        if window or node.args.get("windows"):
+        if (window or node.args.get("windows")) and not (
+                window and not agg and not node.args.get("group")
+                and not node.args.get("windows") and self._windows_by_key(node, scope)):
             feats.append("window function")
             blocked = True
         scope.features = "/".join(feats)
@@ -940,6 +942,26 @@ class _Analyzer:
                 return ("isnull", occs)
             return TRUE
         return TRUE
+
+    def _windows_by_key(self, node: exp.Select, scope: Scope) -> bool:
+        """Every window function of this SELECT is partitioned by a shard key: each
+        partition lives on one shard, so every shard computes its rows' values alone."""
+        found = False
+        stack: list[exp.Expression] = [*node.expressions]
+        if node.args.get("order") is not None:
+            stack.append(node.args["order"])
+        while stack:
+            n = stack.pop()
+            if isinstance(n, _SCOPE_BARRIERS):
+                continue
+            if isinstance(n, exp.Window):
+                found = True
+                parts = n.args.get("partition_by") or []
+                if not any(self.keyref(p, scope) for p in parts):
+                    return False
+                continue
+            stack.extend(n.iter_expressions())
+        return found
 
     def keyref(self, e: exp.Expression | None, scope: Scope) -> tuple[Occ, ...]:
         """The occurrences whose shard key ``e`` is (a bare column), or ``()``."""

@@ -417,6 +417,11 @@ class DmlTemplate:
                         f"a subquery with {why} over rows of several shards is not supported",
                         hint="group or filter the subquery by the shard key so each shard "
                              "answers it alone, or move it to the top level")
+                if "window function" in why:
+                    raise FeatureNotSupported(
+                        "a window function over rows of several shards is not supported",
+                        hint="partition the window by the shard key (each shard then "
+                             "computes it alone), or restrict the query to one shard")
                 root_why = root_why or why  # go on: a subquery may still refuse
         return bool(root_why), root_why
 

@@ -170,16 +170,16 @@ class _Planner:
 
     def plan(self) -> MergePlan:
         s = self.select
-        if s.args.get("windows") or any(
-                isinstance(n, exp.Window) for e in s.expressions for n in e.walk()):
-            raise FeatureNotSupported(
-                "window functions over rows of several shards are not supported",
-                hint="partition the window by the shard key and filter to one shard, or "
-                     "compute it per shard with a /* shard: NAME */ hint")
+        # window functions reach here only partitioned by the shard key (the router refuses
+        # others): each shard computes them for its own rows
         if s.args.get("into") is not None:
             raise FeatureNotSupported("SELECT INTO across shards is not supported")
         aggregate = bool(s.args.get("group")) or s.args.get("having") is not None or any(
             _has_agg(e) for e in s.expressions)
+        if aggregate and any(isinstance(n, exp.Window) for e in s.expressions
+                             for n in e.walk()):
+            raise FeatureNotSupported(
+                "window functions over merged groups of several shards are not supported")
         if aggregate:
             return self._aggregate_plan()
         return self._sorted_plan()
@@ -509,6 +509,8 @@ def _has_agg(e: exp.Expression) -> bool:
         node = stack.pop()
         if isinstance(node, (exp.Subquery, exp.Select)) and node is not e:
             continue
+        if isinstance(node, exp.Window):
+            continue  # an aggregate used as a window function groups nothing
         if _is_agg(node):
             return True
         stack.extend(node.iter_expressions())
