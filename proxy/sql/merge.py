@@ -37,7 +37,8 @@ __all__ = ["EXPR", "AggSpec", "MergePlan", "OutputColumn", "SortKey", "plan_merg
 EXPR = 1 << 20  # merged-row columns from EXPR on are select-list expressions over aggregates
 
 # "any": a constant select item next to aggregates (every shard computes the same value)
-AggFunc = Literal["count", "sum", "avg", "min", "max", "bool_and", "bool_or", "any"]
+AggFunc = Literal["count", "sum", "avg", "min", "max", "bool_and", "bool_or", "any",
+                  "string_agg", "array_agg"]
 # A LIMIT / OFFSET: a constant, or the client's parameter $n (0-based index).
 Bound = tuple[Literal["const"], int | None] | tuple[Literal["param"], int]
 
@@ -45,7 +46,7 @@ _AGGS: dict[type[exp.Expression], AggFunc] = {
     exp.Count: "count", exp.Sum: "sum", exp.Avg: "avg", exp.Min: "min", exp.Max: "max",
     exp.LogicalAnd: "bool_and", exp.LogicalOr: "bool_or",
 }
-_UNSUPPORTED_AGGS = (exp.GroupConcat, exp.ArrayAgg, exp.Stddev, exp.StddevPop,
+_UNSUPPORTED_AGGS = (exp.Stddev, exp.StddevPop,
                      exp.StddevSamp, exp.Variance, exp.VariancePop, exp.Quantile,
                      exp.PercentileCont, exp.PercentileDisc, exp.ArrayConcatAgg)
 _HELPER = "_sw_"
@@ -72,6 +73,10 @@ class AggSpec:
     args: tuple[int, ...]
     distinct: bool = False
     star: bool = False
+    # string_agg / array_agg: each shard returns its values as an array (args[0]) ordered by
+    # the aggregate's ORDER BY, whose keys come as arrays too (args[1:]); the proxy merges
+    order: tuple[tuple[bool, bool], ...] = ()  # (desc, nulls_first) per ORDER BY key
+    separator: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,6 +353,8 @@ class _Planner:
             if isinstance(node, exp.Anonymous) and node.name.lower() == "every" and len(
                     node.expressions) == 1:
                 node = exp.LogicalAnd(this=node.expressions[0].copy())
+            if isinstance(node, (exp.GroupConcat, exp.ArrayAgg)):
+                return add_ordered(node, text)
             if isinstance(node, _UNSUPPORTED_AGGS) or (
                     isinstance(node, exp.Anonymous) and node.name.lower() in _OTHER_AGGS):
                 name = text.split("(", 1)[0]
@@ -397,6 +404,59 @@ class _Planner:
                 partial = filtered(node.copy())
                 shard_items.append(exp.alias_(partial, f"{_HELPER}a{len(aggs)}"))
             aggs.append(AggSpec(func, args, distinct, star))
+            agg_sql[text] = len(aggs) - 1
+            return len(aggs) - 1
+
+        def add_ordered(node: exp.Expression, text: str) -> int:
+            """string_agg / array_agg: values (and ORDER BY keys) gathered as arrays."""
+            func: AggFunc = "string_agg" if isinstance(node, exp.GroupConcat) else "array_agg"
+            separator: str | None = None
+            if func == "string_agg":
+                sep = node.args.get("separator")
+                if not (isinstance(sep, exp.Literal) and sep.is_string):
+                    raise FeatureNotSupported(
+                        "string_agg across shards needs a constant string separator")
+                separator = sep.this
+            arg = node.this
+            ordered: list[exp.Ordered] = []
+            if isinstance(arg, exp.Order):
+                ordered = list(arg.expressions)
+                arg = arg.this
+            distinct = isinstance(arg, exp.Distinct)
+            if distinct:
+                if len(arg.expressions) != 1:
+                    raise FeatureNotSupported("DISTINCT aggregates of several arguments")
+                arg = arg.expressions[0]
+                if any(o.this != arg for o in ordered):
+                    raise FeatureNotSupported(
+                        "in an aggregate with DISTINCT, ORDER BY expressions must appear in "
+                        "argument list")
+            if node.find(exp.Filter) is not None:
+                raise FeatureNotSupported("string_agg/array_agg with FILTER across shards")
+            if not ordered:
+                raise FeatureNotSupported(
+                    f"{func}() over rows of several shards needs an ORDER BY inside the "
+                    "aggregate", hint=f"write {func}(x ORDER BY ...): without it the order "
+                    "of the shards' rows is arbitrary")
+            order_sql = (" ORDER BY " + ", ".join(o.sql(dialect="postgres") for o in ordered)
+                         if ordered else "")
+            value_sql = (("DISTINCT " if distinct else "") + arg.sql(dialect="postgres")
+                         + order_sql)
+            cols = [len(shard_items)]
+            shard_items.append(exp.alias_(
+                sqlglot.parse_one(f"ARRAY_AGG({value_sql})", read="postgres"),
+                f"{_HELPER}a{len(aggs)}v"))
+            for i, o in enumerate(ordered):
+                if distinct:
+                    cols.append(cols[0])  # the value is the key
+                    continue
+                cols.append(len(shard_items))
+                shard_items.append(exp.alias_(sqlglot.parse_one(
+                    f"ARRAY_AGG({o.this.sql(dialect='postgres')}{order_sql})",
+                    read="postgres"), f"{_HELPER}a{len(aggs)}k{i}"))
+            aggs.append(AggSpec(func, tuple(cols), distinct=distinct,
+                                order=tuple((bool(o.args.get("desc")), _nulls_first(o))
+                                            for o in ordered), separator=separator))
             agg_sql[text] = len(aggs) - 1
             return len(aggs) - 1
 
@@ -456,7 +516,8 @@ class _Planner:
         if distinct_arg:
             d_index = len(shard_items)
             shard_items.append(exp.alias_(distinct_arg[0].copy(), f"{_HELPER}dv"))
-            aggs = [AggSpec(a.func, (d_index,), True, a.star) if a.distinct else a
+            aggs = [AggSpec(a.func, (d_index,), True, a.star)
+                    if a.distinct and a.func not in ("string_agg", "array_agg") else a
                     for a in aggs]
         limit, offset = _bounds(s)
         fetch = s.args.get("limit")

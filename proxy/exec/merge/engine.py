@@ -25,6 +25,7 @@ from proxy.backend.connection import ServerConnection
 from proxy.errors import FeatureNotSupported, ShardwireError
 from proxy.exec.merge import values as v
 from proxy.sql.merge import EXPR, AggSpec, Bound, MergePlan, SortKey
+from proxy.sql.params import decode_binary_array
 from proxy.wire import messages as m
 
 BATCH = 1000  # rows per Execute
@@ -544,6 +545,7 @@ async def _aggregate(plan: MergePlan, streams: list[Stream], desc: list[Column],
     specs = plan.aggs
     partials = [[(ctx.codec(desc[c].oid), c, desc[c].oid) for c in spec.args]
                 for spec in specs]
+    ordered = {j for j, spec in enumerate(specs) if spec.func in _ORDERED}
     for st in streams:
         while (body := await st.next_row()) is not None:
             values = split_row(body)
@@ -557,6 +559,9 @@ async def _aggregate(plan: MergePlan, streams: list[Stream], desc: list[Column],
                     raise _too_many(max_groups)
                 g = groups[ident] = _Group(decoded, len(specs))
             for j, spec in enumerate(specs):
+                if j in ordered:
+                    _gather_ordered(g, j, spec, values, ctx)
+                    continue
                 cols = partials[j]
                 parts = [None if values[c] is None else codec.decode(values[c], True)
                          for codec, c, _ in cols]
@@ -603,6 +608,105 @@ def _fold(g: _Group, j: int, spec: AggSpec, parts: list[Any], codec: v.Codec,
             g.aggs[j] = parts[0] if cur is None else (cur or parts[0])
     elif func == "any" and cur is None:
         g.aggs[j] = parts[0]
+
+
+_ORDERED = frozenset({"string_agg", "array_agg"})
+
+
+class ArrayValue:
+    """A merged array_agg: its element type and elements (decoded)."""
+
+    __slots__ = ("elem_oid", "items")
+
+    def __init__(self, elem_oid: int, items: list[Any]) -> None:
+        self.elem_oid = elem_oid
+        self.items = items
+
+
+def _gather_ordered(g: _Group, j: int, spec: AggSpec, values: list[bytes | None],
+                    ctx: Context) -> None:
+    """Collect one shard's arrays of a string_agg / array_agg: (sort key, value) pairs."""
+    arrays = []
+    for c in spec.args:
+        raw = values[c]
+        if raw is None:  # no rows in this shard's group
+            return
+        decoded = decode_binary_array(raw)
+        if decoded is None:
+            raise FeatureNotSupported("array_agg of arrays across shards is not supported")
+        arrays.append(decoded)
+    elem_oid, items = arrays[0]
+    codec = ctx.codec(elem_oid)
+    state = g.aggs[j]
+    if state is None:
+        state = g.aggs[j] = (elem_oid, [])
+    key_codecs = [ctx.codec(oid) for oid, _ in arrays[1:]]
+    pairs = state[1]
+    for n, raw in enumerate(items):
+        value = None if raw is None else codec.decode(raw, True)
+        key = []
+        for (desc, nulls_first), kc, (_, kitems) in zip(spec.order, key_codecs, arrays[1:],
+                                                        strict=True):
+            kraw = kitems[n]
+            if kraw is None:
+                key.append((0 if nulls_first else 2, 0))
+            else:
+                sk = kc.sort_key(kc.decode(kraw, True))
+                key.append((1, _Desc(sk) if desc else sk))
+        pairs.append((tuple(key), value))
+
+
+def _final_ordered(spec: AggSpec, g: _Group, j: int, ctx: Context) -> Any:
+    state = g.aggs[j]
+    if state is None:
+        return None
+    elem_oid, pairs = state
+    pairs.sort(key=lambda p: p[0])  # stable: ties keep the shards' order
+    values = [v_ for _, v_ in pairs]
+    if spec.distinct:
+        codec = ctx.codec(elem_oid)
+        seen: set[Any] = set()
+        unique = []
+        for x in values:
+            key = None if x is None else _hashable(codec.group_key(x))
+            if key in seen:
+                continue
+            seen.add(key)
+            unique.append(x)
+        values = unique
+    if spec.func == "array_agg":
+        return ArrayValue(elem_oid, values) if values else None
+    texts = [x for x in values if x is not None]
+    if not texts:
+        return None
+    return (spec.separator or "").join(texts)
+
+
+def encode_array(value: ArrayValue, binary: bool, ctx: Context) -> bytes:
+    """An array as Postgres sends it (one dimension, lower bound 1)."""
+    codec = ctx.codec(value.elem_oid)
+    if binary:
+        has_null = any(x is None for x in value.items)
+        parts = [struct.pack("!iiIii", 1, 1 if has_null else 0, value.elem_oid,
+                             len(value.items), 1)]
+        for x in value.items:
+            if x is None:
+                parts.append(_I32.pack(-1))
+            else:
+                raw = codec.encode(x, True)
+                parts.append(_I32.pack(len(raw)) + raw)
+        return b"".join(parts)
+    out = []
+    for x in value.items:
+        if x is None:
+            out.append("NULL")
+            continue
+        text = codec.encode(x, False).decode("utf-8", "surrogateescape")
+        if (text == "" or text.upper() == "NULL"
+                or any(ch in '{}",\\' or ch.isspace() for ch in text)):
+            text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        out.append(text)
+    return ("{" + ",".join(out) + "}").encode()
 
 
 def _final(spec: AggSpec, g: _Group, j: int, out_oid: int) -> Any:
@@ -664,7 +768,10 @@ def _finish_groups(plan: MergePlan, groups: list[_Group], desc: list[Column],
     for g in groups:
         row = list(g.keys)
         for j, spec in enumerate(plan.aggs):
-            row.append(_final(spec, g, j, oids[n_keys + j]))
+            if spec.func in _ORDERED:
+                row.append(_final_ordered(spec, g, j, ctx))
+            else:
+                row.append(_final(spec, g, j, oids[n_keys + j]))
         if plan.having is not None and plan.having(row) is not True:
             continue
         for i, e in enumerate(plan.exprs):
@@ -697,6 +804,9 @@ def _finish_groups(plan: MergePlan, groups: list[_Group], desc: list[Column],
         for i, oc in enumerate(plan.outputs):
             x = row[at(oc.column)]
             codec = out_codecs[i]
+            if isinstance(x, ArrayValue):
+                encoded.append(encode_array(x, original[i].binary, ctx))
+                continue
             encoded.append(None if x is None else codec.encode(_coerce(x, codec),
                                                                 original[i].binary))
         out.append(encoded)
