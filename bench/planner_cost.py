@@ -145,9 +145,32 @@ def _case_parse_bind(planner: Planner, batch: int, n: int
     return parse_bind, [str(k) for k in range(first, first + n)]
 
 
+def _case_quick_text(planner: Planner, batch: int, n: int
+                     ) -> tuple[Callable[[Any], object], list[Any]]:
+    planner.quick_text(SELECT.format(aid=0))  # the shape is known
+    first = 1 + batch * n
+    return planner.quick_text, [SELECT.format(aid=k) for k in range(first, first + n)]
+
+
+def _case_quick_bind(planner: Planner, batch: int, n: int
+                     ) -> tuple[Callable[[Any], object], list[Any]]:
+    prepare = planner.prepare
+    prepare(SELECT_PARAM)
+
+    def bind(value: str) -> object:
+        return prepare(SELECT_PARAM).quick_value(value, 0)
+
+    first = 1 + batch * n
+    return bind, [str(k) for k in range(first, first + n)]
+
+
 CASES = [
     Case("plan cache hit (same text)", "— (a repeated literal-free text)", _case_hit),
-    Case("template hit (new literal, known shape)", "-M simple", _case_template),
+    Case("session hot path, simple: quick_text(new literal)", "-M simple (what the "
+         "session runs)", _case_quick_text),
+    Case("session hot path, Bind: prepare(text).quick_value(n)", "-M prepared / extended "
+         "(what the session runs)", _case_quick_bind),
+    Case("template hit (new literal, known shape)", "-M simple (full route)", _case_template),
     Case("full miss (new shape: sqlglot parse)", "— (first sight of a statement)", _case_miss,
          MISS_DIVISOR),
     Case("Bind: prepared.route([str(n)])", "-M prepared", _case_bind),

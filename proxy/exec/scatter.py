@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from proxy.backend.connection import ServerConnection
+from proxy.exec.shard_errors import shard_error_message
 from proxy.wire import messages as m
 
 log = logging.getLogger("shardwire.scatter")
@@ -225,7 +226,7 @@ async def gather(servers: Sequence[ServerConnection], steps: Sequence[Step],
                 emit(first_terminal)
         if ends_with_ready:
             if result.error is not None and result.error_shard is not None:
-                emit(_error_with_shard(result.error, result.error_shard))
+                emit(shard_error_message(result.error, result.error_shard))
             result.status = merge_status(statuses)
             if forward_ready:
                 emit(m.ready_for_query(result.status))
@@ -234,10 +235,4 @@ async def gather(servers: Sequence[ServerConnection], steps: Sequence[Step],
     return result
 
 
-def _error_with_shard(fields: dict[str, str], shard: str) -> bytes:
-    """Re-encode a shard's ErrorResponse with the shard's name added to its detail."""
-    fields = dict(fields)
-    where = f'on shard "{shard}"'
-    fields["D"] = f"{fields['D']} ({where})" if fields.get("D") else f"error {where}"
-    body = b"".join(code.encode() + m.cstr(value) for code, value in fields.items()) + b"\x00"
-    return m.message(m.ERROR_RESPONSE, body)
+

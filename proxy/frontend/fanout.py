@@ -27,6 +27,7 @@ from proxy.errors import FeatureNotSupported, InternalError, ProtocolViolation, 
 from proxy.exec.merge import engine
 from proxy.exec.merge.engine import Request
 from proxy.exec.scatter import HIDDEN, RowCombiner, Step, gather
+from proxy.exec.shard_errors import shard_error, shard_error_message
 from proxy.frontend.routing import in_order
 from proxy.frontend.settings import parse_tracked, sync_sql
 from proxy.frontend.statements import split_statements
@@ -724,20 +725,12 @@ async def _abort_wrapped(conns: Sequence[ServerConnection], wrap: bool) -> None:
 
 
 def _shard_error_bytes(error: bytes, shard: str) -> bytes:
-    """A shard's ErrorResponse message with the shard named in its detail."""
-    fields = m.decode_fields(error[5:])
-    where = f'on shard "{shard}"'
-    fields["D"] = f"{fields['D']} ({where})" if fields.get("D") else f"error {where}"
-    body = b"".join(code.encode() + m.cstr(value) for code, value in fields.items()) + b"\x00"
-    return m.message(m.ERROR_RESPONSE, body)
+    """A shard's ErrorResponse message (as received) with the shard named in its detail."""
+    return shard_error_message(m.decode_fields(error[5:]), shard)
 
 
 def _shard_error(error: bytes, shard: str) -> ShardwireError:
-    fields = m.decode_fields(error[5:])
-    where = f'on shard "{shard}"'
-    detail = f"{fields['D']} ({where})" if fields.get("D") else f"error {where}"
-    return ShardwireError(fields.get("M", "error"), sqlstate=fields.get("C", "XX000"),
-                          detail=detail, hint=fields.get("H"))
+    return shard_error(m.decode_fields(error[5:]), shard)
 
 
 # ---------------------------------------------------------------------- merged SELECT

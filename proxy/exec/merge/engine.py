@@ -24,6 +24,7 @@ from typing import Any
 from proxy.backend.connection import ServerConnection
 from proxy.errors import FeatureNotSupported, ShardwireError
 from proxy.exec.merge import values as v
+from proxy.exec.shard_errors import shard_error_message
 from proxy.sql.merge import EXPR, AggSpec, Bound, MergePlan, SortKey
 from proxy.sql.params import decode_binary_array
 from proxy.wire import messages as m
@@ -42,11 +43,7 @@ class ShardError(Exception):
         self.shard = shard
 
     def message(self) -> bytes:
-        fields = dict(self.fields)
-        where = f'on shard "{self.shard}"'
-        fields["D"] = f"{fields['D']} ({where})" if fields.get("D") else f"error {where}"
-        body = b"".join(c.encode() + m.cstr(val) for c, val in fields.items()) + b"\x00"
-        return m.message(m.ERROR_RESPONSE, body)
+        return shard_error_message(self.fields, self.shard)
 
 
 @dataclass
