@@ -161,6 +161,18 @@ class PoolConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TransactionsConfig:
+    """How a transaction that wrote on several shards commits: ``two_phase`` (PREPARE
+    TRANSACTION everywhere, a durable decision, COMMIT PREPARED; recovered after a crash) or
+    ``best_effort`` (COMMIT shard by shard). ``instance`` names this proxy in the prepared
+    transactions it owns (default: from the listen address), so several proxies on the same
+    shards never resolve each other's."""
+
+    mode: str = "two_phase"
+    instance: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class MergeConfig:
     """Cross-shard SELECT merging: ``max_groups`` caps the groups (and DISTINCT rows) one
     merge may hold in memory; beyond it the query fails with 53200."""
@@ -293,6 +305,7 @@ class Config:
     tables: Mapping[str, Table]
     unparsed: Unparsed
     merge: MergeConfig = MergeConfig()
+    transactions: TransactionsConfig = TransactionsConfig()
 
     @property
     def shard_names(self) -> tuple[str, ...]:
@@ -538,6 +551,7 @@ _TOP_KEYS: Final = (
     "unparsed",
     "tables",
     "merge",
+    "transactions",
 )
 
 
@@ -1238,6 +1252,14 @@ def parse_config(data: object, source: str = "<config>", base_dir: Path | None =
     merge = MergeConfig(max_groups=p.integer(
         merge_map.get("max_groups", MergeConfig().max_groups), "merge.max_groups", 1, None,
         "an integer >= 1"))
+    txn_map = p.optional_mapping(top.get("transactions"), "transactions", ("mode", "instance"))
+    txn_mode = p.choice(txn_map.get("mode", "two_phase"), "transactions.mode",
+                        ("two_phase", "best_effort"))
+    instance = txn_map.get("instance")
+    if instance is not None and (not isinstance(instance, str) or not re.fullmatch(
+            r"[A-Za-z0-9_.-]{1,40}", instance)):
+        p.fail("transactions.instance", "expected 1-40 letters, digits, '_', '.' or '-'")
+    transactions = TransactionsConfig(mode=str(txn_mode), instance=instance)
     return Config(
         source=source,
         listen=listen,
@@ -1253,6 +1275,7 @@ def parse_config(data: object, source: str = "<config>", base_dir: Path | None =
         tables=MappingProxyType(tables),
         unparsed=unparsed,
         merge=merge,
+        transactions=transactions,
     )
 
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
-from proxy.backend.connection import ServerConnection
+from proxy.backend.connection import ServerConnection, open_server
 from proxy.backend.pool import Pool, PoolTarget
 from proxy.config import Config
 from proxy.errors import (
@@ -27,6 +27,7 @@ from proxy.errors import (
     ShardwireError,
     UnknownDatabase,
 )
+from proxy.exec import twophase
 from proxy.frontend.session import ClientSession, error_bytes
 from proxy.frontend.settings import (
     CANONICAL,
@@ -88,6 +89,13 @@ class Proxy:
         self._merge_plans: dict[str, MergePlan | ShardwireError] = {}
         self.collation: str | None = None
         self.max_groups = config.merge.max_groups
+        # Two-phase commit of transactions that wrote on several shards (proxy/exec/twophase)
+        self.instance = twophase.instance_name(config.transactions.instance,
+                                               config.listen.host, config.listen.port)
+        self.two_phase = config.transactions.mode == "two_phase" and len(config.shards) > 1
+        self.recovered = not self.two_phase
+        self.boot = twophase.new_boot()
+        self.commit_retries = 0  # COMMIT PREPARED retried after a failure
         self.max_server_statements = 2000
         self.shutting_down = False
         self._server: asyncio.Server | None = None
@@ -100,8 +108,40 @@ class Proxy:
         self.started_at = time.time()
 
     # -------------------------------------------------------------------- lifecycle
+    async def recover(self) -> None:
+        """Create the decision log and resolve this instance's in-doubt transactions
+        (see proxy/exec/twophase.py). Retried by maintenance until it succeeds."""
+        cfg = self.config
+        servers: dict[str, ServerConnection] = {}
+        try:
+            for shard in cfg.shards:
+                dsn = shard.primary
+                servers[shard.name] = await open_server(
+                    shard=shard.name, role="primary", host=dsn.host, port=dsn.port,
+                    user=dsn.user, database=dsn.database, password=dsn.password,
+                    connect_timeout=cfg.pool.connect_timeout)
+            for server in servers.values():
+                warning = await twophase.check_prepared_slots(server)
+                if warning is not None:
+                    log.warning("%s", warning)
+            error = await twophase.ensure_schema(servers[cfg.default_shard])
+            if error is not None:
+                raise RuntimeError(f"cannot create the decision log: {error}")
+            committed, rolled_back = await twophase.recover(self.instance, servers,
+                                                            cfg.default_shard, self.boot)
+            self.recovered = True
+            log.info("two-phase commit ready (instance %s): recovered %d committed, %d rolled "
+                     "back", self.instance, committed, rolled_back)
+        except Exception as exc:
+            log.warning("two-phase commit recovery failed (retrying): %s", exc)
+        finally:
+            for server in servers.values():
+                server.terminate()
+
     async def start(self) -> None:
         listen = self.config.listen
+        if self.two_phase:  # in the background: it never touches this run's transactions
+            self.spawn(self.recover())
         self._server = await asyncio.start_server(
             self._handle_client, listen.host, listen.port, reuse_address=True, backlog=1024)
         self._maintenance = asyncio.get_running_loop().create_task(self._maintain())
@@ -160,6 +200,8 @@ class Proxy:
             await asyncio.sleep(MAINTENANCE_INTERVAL)
             for pool in self.pools.values():
                 pool.prune()
+            if not self.recovered:
+                await self.recover()
 
     # ------------------------------------------------------------------ services
     def pool_for(self, shard: str, user: str) -> Pool:

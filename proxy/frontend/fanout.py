@@ -16,7 +16,10 @@ final COMMITs can leave it partly applied (two-phase commit closes that gap late
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import re
 import struct
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -24,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from proxy.backend.connection import ServerConnection
 from proxy.errors import FeatureNotSupported, InternalError, ProtocolViolation, ShardwireError
+from proxy.exec import twophase
 from proxy.exec.merge import engine
 from proxy.exec.merge.engine import Request
 from proxy.exec.scatter import HIDDEN, RowCombiner, Step, gather
@@ -83,7 +87,8 @@ async def end_transaction(session: ClientSession, parts: list[ServerConnection],
     """COMMIT or ROLLBACK a transaction with several participants.
 
     A COMMIT of a failed transaction rolls back everywhere (Postgres answers it with
-    ROLLBACK). Participants commit one after another: not atomic until two-phase commit.
+    ROLLBACK). With two-phase commit (the default) the writers PREPARE, the decision is
+    recorded, then COMMIT PREPARED; with best_effort participants commit one by one.
     `shape`: the statement came as extended-protocol messages (their types, Bind through
     Sync), answered in kind. `implicit`: the client's Sync of a batch spread over shards;
     only its ReadyForQuery (and any error) is the client's."""
@@ -96,7 +101,15 @@ async def end_transaction(session: ClientSession, parts: list[ServerConnection],
         had_pending = bool(session.pending)
         tags: list[bytes] = []
         error: bytes | None = None
-        for server, _ in servers:  # one after another: stop committing at a failure
+        if (verb == "commit" and text == sql and session.proxy.two_phase
+                and len(servers) > 1 and not _CHAIN.search(sql)):
+            writers = await _writers([s for s, _ in servers])
+            if len(writers) > 1:  # else a plain COMMIT everywhere is atomic enough
+                error = await _two_phase_commit(session, [s for s, _ in servers], writers)
+                tags.append(b"COMMIT" if error is None else b"ROLLBACK")
+                if error is not None:
+                    text = "ROLLBACK"
+        for server, _ in servers if not tags else ():  # one after another
             answer = await _run_query(server, text if error is None else "ROLLBACK")
             if answer.error is not None and error is None:
                 error = _shard_error_bytes(answer.error, server.shard)
@@ -126,6 +139,134 @@ async def end_transaction(session: ClientSession, parts: list[ServerConnection],
     held = [(server, session.held[server.shard][1]) for server in parts]
     await _run(session, [s.shard for s in parts], body, region, frames,
                index + (len(shape) if shape else 1), True, servers=held)
+
+
+_CHAIN = re.compile(r"\bchain\b", re.IGNORECASE)
+
+
+def _crash_point(name: str) -> None:
+    """Fault injection for the recovery tests: SHARDWIRE_TEST_CRASH=<name> kills the proxy
+    there, as SIGKILL would (no cleanup, nothing flushed)."""
+    if os.environ.get("SHARDWIRE_TEST_CRASH") == name:
+        log.error("SHARDWIRE_TEST_CRASH=%s: exiting now", name)
+        os._exit(137)
+
+
+async def _writers(conns: list[ServerConnection]) -> list[ServerConnection]:
+    """The participants whose part of the transaction wrote something (it has an xid)."""
+    out = []
+    for server in conns:
+        answer = await _run_query(server, "SELECT pg_catalog.pg_current_xact_id_if_assigned() "
+                                          "IS NOT NULL")
+        if answer.error is not None or answer.column(0) != ["f"]:
+            out.append(server)  # unknown: treat it as a writer
+    return out
+
+
+async def _two_phase_commit(session: ClientSession, conns: list[ServerConnection],
+                            writers: list[ServerConnection]) -> bytes | None:
+    """Read-only parts COMMIT; the writers PREPARE, the decision is made durable, then
+    COMMIT PREPARED (proxy/exec/twophase). Returns the error for the client (then every
+    participant was rolled back), or None."""
+    proxy = session.proxy
+    default = proxy.config.default_shard
+    key = twophase.new_key(proxy.instance, proxy.boot)
+    for server in conns:
+        if server not in writers:
+            await _run_query(server, "COMMIT")  # read nothing to undo
+    conns = writers
+    first = next((s for s in conns if s.shard == default), None)
+    order = ([first] if first is not None else []) + [s for s in conns if s is not first]
+    if first is not None:  # the decision commits with the default shard's own part
+        answer = await _run_query(first, twophase.record_sql(key))
+        if answer.error is not None:
+            await _rollback_all(order, [])
+            return _shard_error_bytes(answer.error, first.shard)
+    prepared: list[ServerConnection] = []
+    for server in order:
+        answer = await _run_query(server, "PREPARE TRANSACTION "
+                                  + twophase.quote(twophase.gid(key, server.shard)))
+        if answer.error is not None or answer.tag == b"ROLLBACK":
+            await _rollback_all(order, prepared, key)
+            if answer.error is not None:
+                return _shard_error_bytes(answer.error, server.shard)
+            return m.error_response("ERROR", "40000", f'shard "{server.shard}" rolled back '
+                                    "its part of the transaction at PREPARE")
+        prepared.append(server)
+    _crash_point("after_prepare")
+    if first is None:
+        error = await _record_decision(session, key)
+        if error is not None:
+            await _rollback_all(order, prepared, key)
+            return error
+        rest = order
+    else:
+        answer = await _run_query(first, "COMMIT PREPARED "
+                                  + twophase.quote(twophase.gid(key, first.shard)))
+        if answer.error is not None:
+            # the outcome is in the decision log (and recovery): unknown to us right now
+            return m.error_response(
+                "ERROR", "08007", "the commit's outcome is unknown: the decision could not "
+                f"be confirmed on shard \"{first.shard}\"",
+                hint="shardwire's recovery commits or rolls back the prepared parts; check "
+                     "the data before retrying")
+        rest = order[1:]
+    _crash_point("after_decision")
+    for server in rest:
+        name = twophase.gid(key, server.shard)
+        answer = await _run_query(server, "COMMIT PREPARED " + twophase.quote(name))
+        if answer.error is not None:  # committed by decision: finish it in the background
+            log.warning("COMMIT PREPARED %s on %s failed (%s); retrying", name,
+                        server.shard, m.decode_fields(answer.error[5:]).get("M"))
+            proxy.spawn(_retry_commit(session, server.shard, name))
+    return None
+
+
+async def _record_decision(session: ClientSession, key: str) -> bytes | None:
+    """The decision row on the default shard when it took no part (autocommit)."""
+    proxy = session.proxy
+    pool = proxy.pool_for(proxy.config.default_shard, session.user)
+    server = await pool.acquire()
+    try:
+        answer = await _run_query(server, twophase.record_sql(key))
+    finally:
+        pool.release(server, reusable=server.status == b"I" and not server.closed)
+    if answer.error is not None:
+        return _shard_error_bytes(answer.error, server.shard)
+    return None
+
+
+async def _rollback_all(order: list[ServerConnection], prepared: list[ServerConnection],
+                        key: str = "") -> None:
+    for server in order:
+        if server in prepared:
+            await _run_query(server, "ROLLBACK PREPARED "
+                             + twophase.quote(twophase.gid(key, server.shard)))
+        elif server.status != b"I":
+            await _run_query(server, "ROLLBACK")
+
+
+async def _retry_commit(session: ClientSession, shard: str, name: str) -> None:
+    """COMMIT PREPARED until it succeeds (the decision is recorded: it must commit)."""
+    proxy = session.proxy
+    delay = 0.1
+    while True:
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 5.0)
+        proxy.commit_retries += 1
+        try:
+            pool = proxy.pool_for(shard, session.user)
+            server = await pool.acquire()
+        except Exception as exc:  # the shard is down: try again later
+            log.warning("COMMIT PREPARED %s: %s", name, exc)
+            continue
+        try:
+            answer = await _run_query(server, "COMMIT PREPARED " + twophase.quote(name))
+        finally:
+            pool.release(server, reusable=server.status == b"I" and not server.closed)
+        if answer.error is None or m.decode_fields(answer.error[5:]).get("C") == "42704":
+            log.info("COMMIT PREPARED %s on %s done after retries", name, shard)
+            return  # 42704: already resolved (by recovery)
 
 
 async def on_participants(session: ClientSession, parts: list[ServerConnection], sql: str,
@@ -340,8 +481,16 @@ async def _query(session: ClientSession, route: Route, sql: str, servers: Held) 
 
 async def _finish_wrapped(session: ClientSession, conns: Sequence[ServerConnection], *,
                           failed: bool) -> None:
-    """COMMIT (or ROLLBACK after a failure) the BEGIN a cross-shard write was wrapped in."""
+    """COMMIT (or ROLLBACK after a failure) the BEGIN a cross-shard write was wrapped in:
+    with two-phase commit when several shards wrote."""
     error: bytes | None = None
+    if not failed and session.proxy.two_phase and len(conns) > 1:
+        writers = await _writers(list(conns))
+        if len(writers) > 1:
+            error = await _two_phase_commit(session, list(conns), writers)
+            if error is not None:
+                session.write(error)
+            return
     for server in conns:
         text = "ROLLBACK" if failed or error is not None else "COMMIT"
         answer = await _run_query(server, text)

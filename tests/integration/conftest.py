@@ -98,12 +98,13 @@ def wait_for_port(host: str, port: int, process: subprocess.Popen[bytes], log_pa
                        f"{log_path.read_text(errors='replace')}")
 
 
-def start_proxy(workdir: Path, topology: dict[str, Any], name: str = "proxy") -> RunningProxy:
+def start_proxy(workdir: Path, topology: dict[str, Any], name: str = "proxy",
+                env: dict[str, str] | None = None) -> RunningProxy:
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / f"{name}.yaml"
     config_path.write_text(yaml.safe_dump(topology, sort_keys=False))
     log_path = workdir / f"{name}.log"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "proxy", "--log-level", "debug", "serve",

@@ -1118,3 +1118,14 @@ def test_merge_max_groups() -> None:
         parse(with_(merge={"max_groups": 0}))
     with pytest.raises(ConfigError, match="merge"):
         parse(with_(merge={"max_rows": 5}))
+
+
+def test_transactions_section() -> None:
+    cfg = parse(base())
+    assert (cfg.transactions.mode, cfg.transactions.instance) == ("two_phase", None)
+    cfg = parse(with_(transactions={"mode": "best_effort", "instance": "proxy-a.1"}))
+    assert (cfg.transactions.mode, cfg.transactions.instance) == ("best_effort", "proxy-a.1")
+    with pytest.raises(ConfigError, match=r"transactions\.mode"):
+        parse(with_(transactions={"mode": "eventual"}))
+    with pytest.raises(ConfigError, match=r"transactions\.instance"):
+        parse(with_(transactions={"instance": "has space"}))

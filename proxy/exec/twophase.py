@@ -1,0 +1,153 @@
+"""Owns two-phase commit across shards: transaction names, the decision log, recovery.
+
+A transaction that wrote on several shards commits in three steps:
+
+1. ``PREPARE TRANSACTION '<key>:<shard>'`` on every participant (the key is
+   ``sw:<instance>:<random>``: the instance names the proxy that owns it);
+2. the *decision* is made durable: a row ``<key>`` in ``shardwire.decisions`` on the default
+   shard. When the default shard takes part, the row is inserted inside its transaction
+   and its ``COMMIT PREPARED`` is the decision (one commit, no extra round trip); else the
+   row is inserted on its own before any ``COMMIT PREPARED``;
+3. ``COMMIT PREPARED`` everywhere else (retried until it succeeds).
+
+Why a table on the default shard: the decision must survive the proxy (SIGKILL, a lost
+host), be readable by any proxy instance at start, and commit atomically with one of the
+participants; a Postgres table gives all three without a second store to run.
+
+Recovery (at start): every prepared transaction of this instance on any shard is committed
+when its decision row exists, else rolled back (no decision = nothing was committed).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+
+from proxy.backend.connection import ServerConnection
+
+log = logging.getLogger("shardwire.twophase")
+
+SCHEMA_SQL = (
+    "CREATE SCHEMA IF NOT EXISTS shardwire;"
+    "CREATE TABLE IF NOT EXISTS shardwire.decisions "
+    "(txn text PRIMARY KEY, decided_at timestamptz NOT NULL DEFAULT now());"
+    "GRANT USAGE ON SCHEMA shardwire TO PUBLIC;"
+    "GRANT SELECT, INSERT, DELETE ON shardwire.decisions TO PUBLIC"
+)
+
+
+def instance_name(configured: str | None, host: str, port: int) -> str:
+    """This proxy's name in the transactions it prepares."""
+    if configured:
+        return configured
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{host}-{port}")[:40]
+
+
+def new_key(instance: str, boot: str) -> str:
+    """``sw:<instance>:<boot>-<random>``: `boot` names this run of the proxy, so recovery
+    (which resolves earlier runs' transactions) never touches one in flight now."""
+    return f"sw:{instance}:{boot}-{secrets.token_hex(8)}"
+
+
+def new_boot() -> str:
+    return secrets.token_hex(4)
+
+
+def gid(key: str, shard: str) -> str:
+    return f"{key}:{shard}"
+
+
+def quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def record_sql(key: str) -> str:
+    return f"INSERT INTO shardwire.decisions (txn) VALUES ({quote(key)})"
+
+
+async def _query(server: ServerConnection, sql: str) -> tuple[list[list[str | None]], str | None]:
+    """Rows (text) and the first error message of a query on a detached server."""
+    rows: list[list[str | None]] = []
+    error = None
+    for mtype, body in await server.run_until_ready(sql):
+        if mtype == ord("D"):
+            count = int.from_bytes(body[:2], "big")
+            pos = 2
+            row: list[str | None] = []
+            for _ in range(count):
+                length = int.from_bytes(body[pos:pos + 4], "big", signed=True)
+                pos += 4
+                if length < 0:
+                    row.append(None)
+                else:
+                    row.append(body[pos:pos + length].decode())
+                    pos += length
+            rows.append(row)
+        elif mtype == ord("E") and error is None:
+            fields = body.split(b"\x00")
+            error = next((f[1:].decode() for f in fields if f[:1] == b"M"), "error")
+    return rows, error
+
+
+async def check_prepared_slots(server: ServerConnection) -> str | None:
+    """A warning when the shard cannot PREPARE TRANSACTION (max_prepared_transactions 0)."""
+    rows, error = await _query(server, "SHOW max_prepared_transactions")
+    if error is None and rows and rows[0][0] == "0":
+        return (f'shard "{server.shard}" has max_prepared_transactions = 0: transactions '
+                "that write on several shards will fail to commit; set it (e.g. to "
+                "max_connections) and restart that Postgres, or use transactions.mode: "
+                "best_effort")
+    return None
+
+
+async def ensure_schema(server: ServerConnection) -> str | None:
+    """Create the decision log on the default shard; the error, if any."""
+    _, error = await _query(server, SCHEMA_SQL)
+    return error
+
+
+async def recover(instance: str, servers: dict[str, ServerConnection],
+                  default_shard: str, boot: str) -> tuple[int, int]:
+    """Resolve this instance's prepared transactions of earlier runs (not `boot`'s) on
+    `servers` (shard -> a detached connection): commit those with a decision, roll back
+    the others. Returns (committed, rolled back)."""
+    prefix = f"sw:{instance}:"
+    current = f"{prefix}{boot}-"
+    default = servers.get(default_shard)
+    if default is None:
+        raise RuntimeError(f"recovery needs the default shard {default_shard!r}")
+    found: dict[str, list[str]] = {}  # shard -> gids
+    for shard, server in servers.items():
+        rows, error = await _query(
+            server, "SELECT gid FROM pg_catalog.pg_prepared_xacts WHERE gid LIKE "
+            f"{quote(prefix.replace('_', chr(92) + '_') + '%')} AND database = current_database()")
+        if error is not None:
+            raise RuntimeError(f'shard "{shard}": {error}')
+        found[shard] = [r[0] for r in rows
+                        if r[0] is not None and not r[0].startswith(current)]
+    keys = {g.rsplit(":", 1)[0] for gids in found.values() for g in gids}
+    decided: set[str] = set()
+    if keys:
+        listed = ", ".join(quote(k) for k in sorted(keys))
+        rows, error = await _query(
+            default, f"SELECT txn FROM shardwire.decisions WHERE txn IN ({listed})")
+        if error is not None:
+            raise RuntimeError(f'decision log on "{default_shard}": {error}')
+        decided = {r[0] for r in rows if r[0] is not None}
+    committed = rolled_back = 0
+    for shard, gids in found.items():
+        server = servers[shard]
+        for g in gids:
+            commit = g.rsplit(":", 1)[0] in decided
+            verb = "COMMIT PREPARED" if commit else "ROLLBACK PREPARED"
+            _, error = await _query(server, f"{verb} {quote(g)}")
+            if error is not None:
+                raise RuntimeError(f'{verb} {g} on shard "{shard}": {error}')
+            log.warning("recovered in-doubt transaction %s on shard %s: %s", g, shard,
+                        "committed" if commit else "rolled back")
+            if commit:
+                committed += 1
+            else:
+                rolled_back += 1
+    return committed, rolled_back

@@ -1,0 +1,158 @@
+"""Two-phase commit of transactions that write on several shards, and its crash recovery.
+
+A proxy is killed (fault injection: SHARDWIRE_TEST_CRASH makes it exit like SIGKILL at a
+named point of the commit) after every participant prepared, or after the decision was
+recorded; a new proxy of the same instance then resolves the prepared transactions by
+itself: rolled back without a decision, committed with one. Nothing stays prepared.
+Everything is checked on the shards directly.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from proxy.localpg import LocalPostgres
+from tests.integration.conftest import RunningProxy, base_topology, start_proxy
+from tests.integration.test_routing_helpers import (
+    BUCKETS,
+    by_name,
+    direct,
+    drop_everywhere,
+    pick_keys,
+    via,
+)
+
+T = "tpc_accounts"
+TABLES = {T: {"shard_key": "id"}}
+INSTANCE = "t2pc"
+
+
+def _proxy(workdir: Path, clusters: list[LocalPostgres], name: str,
+           crash: str | None = None) -> RunningProxy:
+    topology = base_topology(
+        clusters, sharding={"buckets": BUCKETS}, tables=TABLES,
+        transactions={"mode": "two_phase", "instance": INSTANCE},
+        pool={"mode": "transaction", "size": 4, "connect_timeout": 3,
+              "checkout_timeout": 10, "shutdown_timeout": 5})
+    return start_proxy(workdir, topology, name=name,
+                       env={"SHARDWIRE_TEST_CRASH": crash} if crash else None)
+
+
+@pytest.fixture(scope="module")
+def setup(shard_clusters: list[LocalPostgres], tmp_path_factory: pytest.TempPathFactory
+          ) -> Iterator[tuple[Path, dict[str, list[int]]]]:
+    drop_everywhere(shard_clusters, T)
+    for cluster in shard_clusters:
+        with direct(cluster) as conn:
+            conn.execute(f"CREATE TABLE {T} (id bigint PRIMARY KEY, balance int NOT NULL, "
+                         "CONSTRAINT tpc_unique_balance UNIQUE (balance) "
+                         "DEFERRABLE INITIALLY DEFERRED)")
+    with direct(shard_clusters[0]) as conn:
+        keys = {s: pick_keys(conn, s, 40, 50_000) for s in ("s0", "s1")}
+    try:
+        yield tmp_path_factory.mktemp("twophase"), keys
+    finally:
+        drop_everywhere(shard_clusters, T)
+
+
+def prepared(clusters: list[LocalPostgres]) -> dict[str, list[str]]:
+    out = {}
+    for name, cluster in by_name(clusters).items():
+        with direct(cluster) as conn:
+            out[name] = [r[0] for r in conn.execute(
+                "SELECT gid FROM pg_prepared_xacts WHERE gid LIKE 'sw:%'").fetchall()]
+    return out
+
+
+def balance(clusters: list[LocalPostgres], shard: str, key: int) -> int | None:
+    with direct(by_name(clusters)[shard]) as conn:
+        row = conn.execute(f"SELECT balance FROM {T} WHERE id = %s", (key,)).fetchone()
+    return None if row is None else int(row[0])
+
+
+def transfer(proxy: RunningProxy, a: int, b: int, x: int, y: int) -> None:
+    with via(proxy, autocommit=True) as conn:
+        conn.execute("BEGIN")
+        conn.execute(f"INSERT INTO {T} (id, balance) VALUES (%s, %s)", (a, x))
+        conn.execute(f"INSERT INTO {T} (id, balance) VALUES (%s, %s)", (b, y))
+        conn.execute("COMMIT")
+
+
+def test_commit_prepares_every_writer_and_leaves_nothing_prepared(
+        setup: tuple[Path, dict[str, list[int]]], shard_clusters: list[LocalPostgres]) -> None:
+    workdir, keys = setup
+    proxy = _proxy(workdir, shard_clusters, "commit")
+    try:
+        a, b = keys["s0"].pop(), keys["s1"].pop()
+        transfer(proxy, a, b, 1001, 1002)
+        assert balance(shard_clusters, "s0", a) == 1001
+        assert balance(shard_clusters, "s1", b) == 1002
+        assert prepared(shard_clusters) == {"s0": [], "s1": []}
+        with direct(by_name(shard_clusters)["s0"]) as conn:  # the decision was recorded
+            n = conn.execute("SELECT count(*) FROM shardwire.decisions WHERE txn LIKE "
+                             "'sw:t2pc:%'").fetchone()
+        assert n is not None and n[0] >= 1
+        assert "Traceback" not in proxy.log()
+    finally:
+        proxy.stop(signal.SIGTERM)
+
+
+def test_failed_prepare_rolls_back_every_participant(
+        setup: tuple[Path, dict[str, list[int]]], shard_clusters: list[LocalPostgres]) -> None:
+    """A deferred unique violation on s1 fails at PREPARE: s0's part is rolled back too,
+    and the client gets s1's error."""
+    workdir, keys = setup
+    proxy = _proxy(workdir, shard_clusters, "failprepare")
+    try:
+        a, b, c = keys["s0"].pop(), keys["s1"].pop(), keys["s1"].pop()
+        with via(proxy, autocommit=True) as conn:
+            conn.execute("BEGIN")
+            conn.execute(f"INSERT INTO {T} (id, balance) VALUES (%s, 2001)", (a,))
+            conn.execute(f"INSERT INTO {T} (id, balance) VALUES (%s, 2002), (%s, 2002)",
+                         (b, c))
+            with pytest.raises(psycopg.errors.UniqueViolation) as info:
+                conn.execute("COMMIT")
+            assert 'shard "s1"' in (info.value.diag.message_detail or "")
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        assert balance(shard_clusters, "s0", a) is None
+        assert balance(shard_clusters, "s1", b) is None
+        assert prepared(shard_clusters) == {"s0": [], "s1": []}
+    finally:
+        proxy.stop(signal.SIGTERM)
+
+
+@pytest.mark.parametrize(("crash", "committed"), [("after_prepare", False),
+                                                  ("after_decision", True)])
+def test_recovery_after_a_crash_mid_commit(
+        setup: tuple[Path, dict[str, list[int]]], shard_clusters: list[LocalPostgres],
+        crash: str, committed: bool) -> None:
+    workdir, keys = setup
+    doomed = _proxy(workdir, shard_clusters, f"crash-{crash}", crash=crash)
+    a, b = keys["s0"].pop(), keys["s1"].pop()
+    with pytest.raises(psycopg.OperationalError):
+        transfer(doomed, a, b, 3001 if committed else 3003, 3002 if committed else 3004)
+    assert doomed.process.wait(timeout=10) == 137
+    left = prepared(shard_clusters)
+    assert sum(len(v) for v in left.values()) >= 1, left  # in doubt until recovery
+    survivor = _proxy(workdir, shard_clusters, f"recover-{crash}")
+    try:
+        deadline = time.monotonic() + 20  # recovery runs in the background at start
+        while "two-phase commit ready" not in survivor.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "two-phase commit ready" in survivor.log(), survivor.log()[-2000:]
+        assert prepared(shard_clusters) == {"s0": [], "s1": []}
+        want = (3001, 3002) if committed else (None, None)
+        assert (balance(shard_clusters, "s0", a), balance(shard_clusters, "s1", b)) == want
+        assert "recovered in-doubt transaction" in survivor.log()
+        # and it serves: a new transfer commits on both shards
+        c, d = keys["s0"].pop(), keys["s1"].pop()
+        transfer(survivor, c, d, 3005 + int(committed) * 10, 3006 + int(committed) * 10)
+        assert balance(shard_clusters, "s1", d) is not None
+    finally:
+        survivor.stop(signal.SIGTERM)
