@@ -46,6 +46,8 @@ log = logging.getLogger("shardwire.server")
 
 STARTUP_TIMEOUT = 30.0
 MAINTENANCE_INTERVAL = 10.0
+# How often in-doubt transactions of earlier runs are looked for again (two-phase commit).
+RECOVERY_INTERVAL = 60.0
 
 
 def make_ssl_context(config: Config) -> ssl.SSLContext | None:
@@ -95,6 +97,7 @@ class Proxy:
         self.two_phase = config.transactions.mode == "two_phase" and len(config.shards) > 1
         self.recovered = not self.two_phase
         self.boot = twophase.new_boot()
+        self._last_recovery = time.monotonic()
         self.commit_retries = 0  # COMMIT PREPARED retried after a failure
         self.max_server_statements = 2000
         self.shutting_down = False
@@ -129,9 +132,11 @@ class Proxy:
                 raise RuntimeError(f"cannot create the decision log: {error}")
             committed, rolled_back = await twophase.recover(self.instance, servers,
                                                             cfg.default_shard, self.boot)
+            first = not self.recovered
             self.recovered = True
-            log.info("two-phase commit ready (instance %s): recovered %d committed, %d rolled "
-                     "back", self.instance, committed, rolled_back)
+            if first or committed or rolled_back:
+                log.info("two-phase commit ready (instance %s): recovered %d committed, %d "
+                         "rolled back", self.instance, committed, rolled_back)
         except Exception as exc:
             log.warning("two-phase commit recovery failed (retrying): %s", exc)
         finally:
@@ -200,7 +205,10 @@ class Proxy:
             await asyncio.sleep(MAINTENANCE_INTERVAL)
             for pool in self.pools.values():
                 pool.prune()
-            if not self.recovered:
+            now = time.monotonic()
+            if self.two_phase and (not self.recovered
+                                   or now - self._last_recovery >= RECOVERY_INTERVAL):
+                self._last_recovery = now
                 await self.recover()
 
     # ------------------------------------------------------------------ services

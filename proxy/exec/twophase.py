@@ -117,13 +117,15 @@ async def recover(instance: str, servers: dict[str, ServerConnection],
     default = servers.get(default_shard)
     if default is None:
         raise RuntimeError(f"recovery needs the default shard {default_shard!r}")
-    found: dict[str, list[str]] = {}  # shard -> gids
+    found: dict[str, list[str]] = {}  # shard -> gids of earlier runs
+    everything: set[str] = set()  # keys still prepared somewhere, this run's included
     for shard, server in servers.items():
         rows, error = await _query(
             server, "SELECT gid FROM pg_catalog.pg_prepared_xacts WHERE gid LIKE "
             f"{quote(prefix.replace('_', chr(92) + '_') + '%')} AND database = current_database()")
         if error is not None:
             raise RuntimeError(f'shard "{shard}": {error}')
+        everything.update(r[0].rsplit(":", 1)[0] for r in rows if r[0] is not None)
         found[shard] = [r[0] for r in rows
                         if r[0] is not None and not r[0].startswith(current)]
     keys = {g.rsplit(":", 1)[0] for gids in found.values() for g in gids}
@@ -150,4 +152,13 @@ async def recover(instance: str, servers: dict[str, ServerConnection],
                 committed += 1
             else:
                 rolled_back += 1
+    # forget old decisions nothing prepared refers to any more (this instance's only: another
+    # instance may still need its own)
+    keep = ", ".join(quote(k) for k in sorted(everything)) or "NULL"
+    _, error = await _query(
+        default, "DELETE FROM shardwire.decisions WHERE decided_at < now() - interval "
+        f"'1 hour' AND txn LIKE {quote(prefix.replace('_', chr(92) + '_') + '%')} "
+        f"AND txn NOT IN ({keep})")
+    if error is not None:
+        log.warning("could not prune the decision log: %s", error)
     return committed, rolled_back

@@ -9,7 +9,9 @@ Everything is checked on the shards directly.
 
 from __future__ import annotations
 
+import random
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -156,3 +158,110 @@ def test_recovery_after_a_crash_mid_commit(
         assert balance(shard_clusters, "s1", d) is not None
     finally:
         survivor.stop(signal.SIGTERM)
+
+
+def test_bank_transfers_survive_repeated_sigkill(
+        setup: tuple[Path, dict[str, list[int]]], shard_clusters: list[LocalPostgres]) -> None:
+    """Concurrent transfers between accounts on both shards while the proxy is killed with
+    SIGKILL and restarted several times: afterwards the total is unchanged, nothing is
+    prepared on any shard, every transfer whose COMMIT succeeded is there and every one
+    whose COMMIT failed is not."""
+    workdir, _ = setup
+    drop_everywhere(shard_clusters, "bank", "bank_log")
+    for cluster in shard_clusters:
+        with direct(cluster) as conn:
+            conn.execute("CREATE TABLE bank (id bigint PRIMARY KEY, balance bigint NOT NULL)")
+            conn.execute("CREATE TABLE bank_log (id text PRIMARY KEY, a bigint, b bigint, "
+                         "amount bigint)")
+    tables = {**TABLES, "bank": {"shard_key": "id"}, "bank_log": {"shard_key": "id"}}
+
+    def start(name: str) -> RunningProxy:
+        topology = base_topology(
+            shard_clusters, sharding={"buckets": BUCKETS}, tables=tables,
+            transactions={"mode": "two_phase", "instance": "bank"},
+            pool={"mode": "transaction", "size": 8, "connect_timeout": 3,
+                  "checkout_timeout": 10, "shutdown_timeout": 5})
+        return start_proxy(workdir, topology, name=name)
+
+    accounts = list(range(1, 41))
+    current = [start("bank0")]
+    with via(current[0], autocommit=True) as conn:
+        conn.execute("INSERT INTO bank (id, balance) VALUES "
+                     + ", ".join(f"({i}, 1000)" for i in accounts))
+    confirmed: list[str] = []
+    failed: list[str] = []
+    unknown: list[str] = []
+    stop = threading.Event()
+
+    def worker(seed: int) -> None:
+        rng = random.Random(seed)
+        n = 0
+        while not stop.is_set():
+            a, b = rng.sample(accounts, 2)
+            amount = rng.randint(1, 50)
+            tid = f"w{seed}-{n}"
+            n += 1
+            try:
+                # two transfers locking the same accounts in opposite order on two shards
+                # wait for each other unseen by either Postgres: lock_timeout ends that
+                conn = psycopg.connect(current[0].dsn(), autocommit=True, connect_timeout=3,
+                                       options="-c lock_timeout=1000")
+            except psycopg.Error:
+                time.sleep(0.05)
+                continue
+            try:
+                conn.execute("BEGIN")
+                conn.execute("UPDATE bank SET balance = balance - %s WHERE id = %s",
+                             (amount, a))
+                conn.execute("UPDATE bank SET balance = balance + %s WHERE id = %s",
+                             (amount, b))
+                conn.execute("INSERT INTO bank_log (id, a, b, amount) VALUES (%s, %s, %s, %s)",
+                             (tid, a, b, amount))
+            except psycopg.Error:
+                conn.close()
+                continue  # never reached COMMIT: not counted
+            try:
+                conn.execute("COMMIT")
+                confirmed.append(tid)
+            except psycopg.OperationalError:
+                unknown.append(tid)  # the proxy died during COMMIT: either outcome is fine
+            except psycopg.Error:
+                failed.append(tid)
+            finally:
+                conn.close()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        for round_ in range(1, 4):
+            time.sleep(1.5)
+            current[0].stop(signal.SIGKILL)
+            current[0] = start(f"bank{round_}")
+        time.sleep(1.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+    final = current[0]
+    try:
+        deadline = time.monotonic() + 20
+        while "two-phase commit ready" not in final.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "two-phase commit ready" in final.log(), final.log()[-2000:]
+        assert prepared(shard_clusters) == {"s0": [], "s1": []}
+        total = 0
+        logged: set[str] = set()
+        for cluster in shard_clusters:
+            with direct(cluster) as conn:
+                total += int(conn.execute("SELECT coalesce(sum(balance), 0) FROM bank")
+                             .fetchone()[0])
+                logged |= {r[0] for r in conn.execute("SELECT id FROM bank_log").fetchall()}
+        assert total == 40 * 1000
+        assert len(confirmed) > 20, (len(confirmed), len(failed), len(unknown))
+        assert set(confirmed) <= logged, set(confirmed) - logged
+        assert not (set(failed) & logged), set(failed) & logged
+        assert "Traceback" not in final.log()
+    finally:
+        final.stop(signal.SIGTERM)
+        drop_everywhere(shard_clusters, "bank", "bank_log")
