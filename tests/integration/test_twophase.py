@@ -265,3 +265,59 @@ def test_bank_transfers_survive_repeated_sigkill(
     finally:
         final.stop(signal.SIGTERM)
         drop_everywhere(shard_clusters, "bank", "bank_log")
+
+
+def test_savepoints_span_participants_including_late_joiners(
+        setup: tuple[Path, dict[str, list[int]]], shard_clusters: list[LocalPostgres]) -> None:
+    """SAVEPOINT before a shard joins, work on both shards, ROLLBACK TO undoes the work on
+    both (the late shard got the savepoint when it joined), RELEASE keeps the rest."""
+    workdir, keys = setup
+    proxy = _proxy(workdir, shard_clusters, "savepoints")
+    try:
+        a, b, c = keys["s0"].pop(), keys["s1"].pop(), keys["s1"].pop()
+        with via(proxy, autocommit=True) as conn:
+            conn.execute("BEGIN")
+            conn.execute(f"INSERT INTO {T} (id, balance) VALUES (%s, 4001)", (a,))
+            conn.execute("SAVEPOINT sp1")
+            conn.execute(f"INSERT INTO {T} (id, balance) VALUES (%s, 4002)", (b,))  # s1 joins
+            conn.execute(f"UPDATE {T} SET balance = 4003 WHERE id = %s", (a,))
+            conn.execute("ROLLBACK TO SAVEPOINT sp1")
+            conn.execute("SAVEPOINT sp2")
+            conn.execute(f"INSERT INTO {T} (id, balance) VALUES (%s, 4004)", (c,))
+            conn.execute("RELEASE SAVEPOINT sp2")
+            conn.execute("COMMIT")
+        assert balance(shard_clusters, "s0", a) == 4001
+        assert balance(shard_clusters, "s1", b) is None
+        assert balance(shard_clusters, "s1", c) == 4004
+        assert prepared(shard_clusters) == {"s0": [], "s1": []}
+    finally:
+        proxy.stop(signal.SIGTERM)
+
+
+def test_a_client_gone_mid_transaction_rolls_back_every_participant(
+        setup: tuple[Path, dict[str, list[int]]], shard_clusters: list[LocalPostgres]) -> None:
+    workdir, keys = setup
+    proxy = _proxy(workdir, shard_clusters, "disconnect")
+    try:
+        a, b = keys["s0"].pop(), keys["s1"].pop()
+        conn = via(proxy, autocommit=True)
+        conn.execute("BEGIN")
+        conn.execute(f"INSERT INTO {T} (id, balance) VALUES (%s, 5001)", (a,))
+        conn.execute(f"INSERT INTO {T} (id, balance) VALUES (%s, 5002)", (b,))
+        conn.pgconn.finish()  # gone without COMMIT or ROLLBACK
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with direct(by_name(shard_clusters)["s1"]) as check:
+                busy = check.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in "
+                    "transaction%' AND datname = 'app'").fetchone()
+            if busy == (0,):
+                break
+            time.sleep(0.05)
+        assert balance(shard_clusters, "s0", a) is None
+        assert balance(shard_clusters, "s1", b) is None
+        with via(proxy, autocommit=True) as conn2:  # the proxy serves on
+            assert conn2.execute(f"SELECT count(*) FROM {T} WHERE id = %s", (a,)).fetchone() \
+                == (0,)
+    finally:
+        proxy.stop(signal.SIGTERM)
