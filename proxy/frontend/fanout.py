@@ -882,6 +882,70 @@ def _shard_error(error: bytes, shard: str) -> ShardwireError:
     return shard_error(m.decode_fields(error[5:]), shard)
 
 
+# ---------------------------------------------------------------------- several statements
+_NOT_IN_MULTI = frozenset({"transaction", "shardwire_set", "shardwire_show", "copy", "set",
+                           "multi"})
+
+
+async def multi_statement(session: ClientSession, sql: str, region: bytes,
+                          frames: list[Frame], index: int) -> None:
+    """A simple Query holding several statements for different shards: one implicit
+    transaction (unless the client has one open) over every shard it touches, each
+    statement run where it belongs, answered as one Postgres answers such a query."""
+    parts = split_statements(sql)
+    routes = [session.plan(p) for p in parts]
+    problem: ShardwireError | None = None
+    for text, route in zip(parts, routes, strict=True):
+        if route.error is not None:
+            problem = route.error
+        elif route.statement_type in _NOT_IN_MULTI or route.needs_merge or route.rewrites:
+            problem = FeatureNotSupported(
+                f"in a query string with statements for several shards, this one must be "
+                f"sent on its own: {text.strip()[:80]}",
+                hint="send it as a separate query (transaction control, SET, COPY and "
+                     "cross-shard statements that need a merge or a split)")
+        if problem is not None:
+            break
+    if problem is not None:
+        session._busy = False
+        session.reject(problem, simple=True)
+        _go_on(session, region, frames, index + 1)
+        return
+    anchor = next((r.shards[0] for r in routes
+                   if r.source not in ("anywhere",) and r.shards), session.default_shard)
+    shards: list[str] = []
+    for route in routes:
+        for shard in (route.shards if route.source != "anywhere" else (anchor,)):
+            if shard not in shards:
+                shards.append(shard)
+
+    async def body(servers: Held) -> bool:
+        conns = {server.shard: server for server, _ in servers}
+        implicit = not session.in_transaction()
+        if implicit:
+            for server in conns.values():
+                answer = await _run_query(server, "BEGIN")
+                if answer.error is not None:
+                    raise _shard_error(answer.error, server.shard)
+        failed = False
+        for text, route in zip(parts, routes, strict=True):
+            targets = [conns[s] for s in (route.shards if route.source != "anywhere"
+                                          else (anchor,))]
+            for server in targets:
+                server.send(m.query(text))
+            result = await gather(targets, [(m.QUERY, tuple(range(len(targets))))],
+                                  session.write, forward_ready=False,
+                                  replicas=_replicas(session, route))
+            if result.error is not None:
+                failed = True
+                break
+        if implicit:
+            await _finish_wrapped(session, list(conns.values()), failed=failed)
+        return False
+
+    await _run(session, shards, body, region, frames, index + 1, True)
+
+
 # ---------------------------------------------------------------------- merged SELECT
 async def merge(session: ClientSession, route: Route, plan: MergePlan, sql: str,
                 region: bytes, frames: list[Frame], index: int, simple: bool) -> None:

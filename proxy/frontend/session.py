@@ -484,6 +484,17 @@ class ClientSession:
                 return None
             return shards[0]
         # several shards
+        if stype == "multi":
+            if not simple:
+                self.reject(FeatureNotSupported("several statements in one Parse"),
+                            simple=False)
+                return None
+            if not self._drained(region, frames, index):
+                return None
+            if self._failed_shard() is not None:
+                return self._failed_shard()
+            self.go_async(fanout.multi_statement(self, sql, region, frames, index))
+            return None
         merged = None
         if route.needs_merge:
             try:
@@ -497,12 +508,6 @@ class ClientSession:
                 merged = self.proxy.merge_plan(sql)
             except ShardwireError:
                 merged = None
-        if stype == "multi":
-            self.reject(FeatureNotSupported(
-                "a multi-statement query whose statements need several shards is not "
-                f"supported ({route.reason})",
-                hint="send the statements one at a time"), simple=simple)
-            return None
         if not self._drained(region, frames, index):
             return None
         if self._failed_shard() is not None:

@@ -112,18 +112,19 @@ class MultiTemplate:
         routed = [r for r in routes if r.statement_type != "transaction"] or routes
         shard_sets = {r.shards for r in routed}
         if len(shard_sets) > 1 or any(r.rewrites is not None for r in routed):
+            # the session runs each statement where it belongs, in one transaction
+            # (proxy/frontend/fanout.py multi_statement)
+            order = {s: i for i, s in enumerate(self.parts[0][0].router.shards)} if hasattr(
+                self.parts[0][0], "router") else {}
+            shards = sorted({s for r in routes for s in r.shards},
+                            key=lambda s: order.get(s, 0))
             where = "; ".join(f"{text!r} -> {', '.join(r.shards)}"
                               for (_, _, text), r in zip(self.parts, routes, strict=True))
             return Route(
-                kind="default", shards=(), reason="statements of one query on different shards",
-                statement_type=self.statement_type, is_write=self.is_write,
-                error=FeatureNotSupported(
-                    f"a query string with several statements that go to different shards: "
-                    f"{where}",
-                    hint="send the statements one at a time",
-                ),
-                tables=self.tables, source="error",
-            )
+                kind="shards", shards=tuple(shards),
+                reason=f"statements of one query on different shards: {where}",
+                statement_type="multi", is_write=self.is_write, tables=self.tables,
+                source="multi")
         first = routed[0]
         return dataclasses.replace(
             first,

@@ -321,3 +321,30 @@ def test_a_client_gone_mid_transaction_rolls_back_every_participant(
                 == (0,)
     finally:
         proxy.stop(signal.SIGTERM)
+
+
+def test_a_multi_statement_query_over_two_shards_is_one_transaction(
+        setup: tuple[Path, dict[str, list[int]]], shard_clusters: list[LocalPostgres]) -> None:
+    """`INSERT ...; INSERT ...` for two shards in one simple Query: both commit (two-phase),
+    or, when the second fails, neither does: as one Postgres runs such a string."""
+    workdir, keys = setup
+    proxy = _proxy(workdir, shard_clusters, "multi")
+    try:
+        a, b = keys["s0"].pop(), keys["s1"].pop()
+        with via(proxy, autocommit=True) as conn:
+            cur = conn.execute(f"INSERT INTO {T} (id, balance) VALUES ({a}, 6001); "
+                               f"INSERT INTO {T} (id, balance) VALUES ({b}, 6002)")
+            assert cur.statusmessage == "INSERT 0 1"
+        assert (balance(shard_clusters, "s0", a), balance(shard_clusters, "s1", b)) == (
+            6001, 6002)
+        c, d = keys["s0"].pop(), keys["s1"].pop()
+        with via(proxy, autocommit=True) as conn:
+            with pytest.raises(psycopg.errors.NotNullViolation):
+                conn.execute(f"INSERT INTO {T} (id, balance) VALUES ({c}, 6003); "
+                             f"INSERT INTO {T} (id, balance) VALUES ({d}, NULL)")
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        assert (balance(shard_clusters, "s0", c), balance(shard_clusters, "s1", d)) == (
+            None, None)
+        assert prepared(shard_clusters) == {"s0": [], "s1": []}
+    finally:
+        proxy.stop(signal.SIGTERM)
