@@ -92,7 +92,38 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"shardwire: invalid topology: {exc}", file=sys.stderr)
         return 2
     print(summarize(config))
+    if getattr(args, "connect", False):
+        return asyncio.run(_check_shards(config))
     return 0
+
+
+async def _check_shards(config: Config) -> int:
+    """`check --connect`: reach every shard and report what would fail at run time (so
+    far: two-phase commit without prepared-transaction slots)."""
+    from proxy.backend.connection import open_server
+    from proxy.exec import twophase
+
+    problems = 0
+    for shard in config.shards:
+        dsn = shard.primary
+        try:
+            server = await open_server(
+                shard=shard.name, role="primary", host=dsn.host, port=dsn.port,
+                user=dsn.user, database=dsn.database, password=dsn.password,
+                connect_timeout=config.pool.connect_timeout)
+        except Exception as exc:
+            print(f"shard {shard.name}: not reachable: {exc}")
+            problems += 1
+            continue
+        try:
+            warning = None
+            if config.transactions.mode == "two_phase" and len(config.shards) > 1:
+                warning = await twophase.check_prepared_slots(server)
+            print(f"shard {shard.name}: " + (f"WARNING: {warning}" if warning else "ok"))
+            problems += warning is not None
+        finally:
+            server.terminate()
+    return 1 if problems else 0
 
 
 def cmd_route(args: argparse.Namespace) -> int:
@@ -136,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
     p = sub.add_parser("check", help="validate a topology file and print a summary")
     p.add_argument("--config", "-c", required=True, help="topology YAML file")
+    p.add_argument("--connect", action="store_true",
+                   help="also reach every shard and warn about what would fail at run time "
+                        "(e.g. max_prepared_transactions = 0 with two-phase commit)")
     p.set_defaults(func=cmd_check)
     p = sub.add_parser("route", help="show which shard(s) a statement goes to, and why")
     p.add_argument("--config", "-c", required=True, help="topology YAML file")
