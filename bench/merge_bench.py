@@ -35,12 +35,9 @@ import argparse
 import contextlib
 import os
 import random
-import shlex
-import shutil
 import signal
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -55,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import psycopg
 from swbench import machine, procs, report, topology
 from swbench.procs import REPO, BenchError, Managed
+from swbench.runner import command_line, run_main, say
 
 from proxy.localpg import LocalPostgres, find_bindir, free_port
 
@@ -171,9 +169,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error("--rows must be >= 20000 (OFFSET 10000 needs rows) and --runs >= 1")
     return args
 
-
-def say(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------- memory
@@ -680,42 +675,12 @@ def render(bench: MergeBench, rows: list[Row], sizes: list[SizeRow], facts: dict
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    command = "python bench/merge_bench.py " + " ".join(
-        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    started = time.monotonic()
+    command = command_line("bench/merge_bench.py", argv)
 
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
+    def body(workdir: Path, stack: contextlib.ExitStack) -> int:
+        return run(MergeBench(args, workdir, stack), command)
 
-    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    previous = {sig: signal.signal(sig, interrupt) for sig in handled}
-    stack = contextlib.ExitStack()
-    status = 0
-    try:
-        workdir = Path(tempfile.mkdtemp(prefix="swmerge-"))
-        os.chmod(workdir, 0o755)  # Postgres runs as `postgres` when we are root
-        if args.keep:
-            stack.callback(say, f"kept {workdir}")
-        else:
-            stack.callback(shutil.rmtree, workdir, ignore_errors=True)
-        bench = MergeBench(args, workdir, stack)
-        status = run(bench, command)
-    except KeyboardInterrupt:
-        say("interrupted; cleaning up")
-        return 130
-    except BenchError as exc:
-        say(f"benchmark failed: {exc}")
-        return 1
-    finally:
-        for sig in handled:
-            signal.signal(sig, signal.SIG_IGN)
-        try:
-            stack.close()
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-    say(f"done in {time.monotonic() - started:.0f}s")
-    return status
+    return run_main("swmerge-", args.keep, body)
 
 
 def _step(what: str, fn: Callable[[], None]) -> None:

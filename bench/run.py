@@ -27,23 +27,20 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import shlex
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from swbench import machine, pgbench, procs, profiling, report
 from swbench.pgbench import Result, Target
 from swbench.procs import REPO, BenchError, Managed, PgBouncerInfo
+from swbench.runner import command_line, run_main, say
 
 from proxy.localpg import LocalPostgres, find_bindir
 
@@ -123,9 +120,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error("--clients must be a multiple of --threads (pgbench requires it)")
     return args
 
-
-def say(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -598,43 +592,13 @@ def render(bench: Bench, cells: list[report.Cell], facts: dict[str, str],
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    command = "python bench/run.py " + " ".join(
-        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    started = time.monotonic()
+    command = command_line("bench/run.py", argv)
 
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
+    def body(workdir: Path, stack: contextlib.ExitStack) -> int:
+        run(Bench(args, workdir), stack, command)
+        return 0
 
-    # SIGTERM/SIGHUP behave like Ctrl-C, so the cleanup in `finally` always runs.
-    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    previous = {sig: signal.signal(sig, interrupt) for sig in handled}
-    stack = contextlib.ExitStack()
-    try:
-        workdir = Path(tempfile.mkdtemp(prefix="swbench-"))
-        os.chmod(workdir, 0o755)  # Postgres/PgBouncer run as `postgres` when we are root
-        if args.keep:
-            stack.callback(say, f"kept {workdir}")
-        else:
-            stack.callback(shutil.rmtree, workdir, ignore_errors=True)
-        bench = Bench(args, workdir)
-        run(bench, stack, command)
-    except KeyboardInterrupt:
-        say("interrupted; cleaning up")
-        return 130
-    except BenchError as exc:
-        say(f"benchmark failed: {exc}")
-        return 1
-    finally:
-        # A second Ctrl-C must not cut the cleanup short (it would leave servers running).
-        for sig in handled:
-            signal.signal(sig, signal.SIG_IGN)
-        try:
-            stack.close()
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-    say(f"done in {time.monotonic() - started:.0f}s")
-    return 0
+    return run_main("swbench-", args.keep, body)
 
 
 def run(bench: Bench, stack: contextlib.ExitStack, command: str) -> None:
