@@ -38,6 +38,7 @@ from proxy.frontend.settings import (
 )
 from proxy.frontend.startup import CancelTarget, ClientStream, authenticate, negotiate
 from proxy.frontend.statements import StatementCache
+from proxy.metrics import MetricsServer, Stats
 from proxy.sql.merge import MergePlan, plan_merge
 from proxy.sql.planner import Planner
 from proxy.wire import messages as m
@@ -99,6 +100,8 @@ class Proxy:
         self.boot = twophase.new_boot()
         self._last_recovery = time.monotonic()
         self.commit_retries = 0  # COMMIT PREPARED retried after a failure
+        self.stats = Stats()  # read by /metrics at scrape time (proxy/metrics.py)
+        self.metrics_server: MetricsServer | None = None
         self.max_server_statements = 2000
         self.shutting_down = False
         self._server: asyncio.Server | None = None
@@ -134,6 +137,7 @@ class Proxy:
                                                             cfg.default_shard, self.boot)
             first = not self.recovered
             self.recovered = True
+            self.stats.twophase_recovered += committed + rolled_back
             if first or committed or rolled_back:
                 log.info("two-phase commit ready (instance %s): recovered %d committed, %d "
                          "rolled back", self.instance, committed, rolled_back)
@@ -145,6 +149,15 @@ class Proxy:
 
     async def start(self) -> None:
         listen = self.config.listen
+        metrics = self.config.metrics
+        if metrics.enabled:
+            try:
+                self.metrics_server = MetricsServer(self, metrics.host, metrics.port)
+                self.metrics_server.start()
+            except OSError as exc:
+                self.metrics_server = None
+                log.warning("metrics endpoint not started on %s:%d: %s", metrics.host,
+                            metrics.port, exc)
         if self.two_phase:  # in the background: it never touches this run's transactions
             self.spawn(self.recover())
         self._server = await asyncio.start_server(
@@ -187,6 +200,8 @@ class Proxy:
             await asyncio.wait(self._clients, timeout=5)
         if self._maintenance is not None:
             self._maintenance.cancel()
+        if self.metrics_server is not None:
+            await asyncio.to_thread(self.metrics_server.stop)
         for pool in self.pools.values():
             pool.close()
         if self._tasks:

@@ -59,6 +59,7 @@ async def statement(session: ClientSession, route: Route, sql: str, region: byte
     `route.shards` and answer the client with one merged response."""
     resume = index + 1
     simple_answer = simple
+    session.proxy.stats.cross_shard[_query_type(route)] += 1
     if not simple:
         batch = _extended_batch(session, route, region, frames, index)
         if isinstance(batch, ShardwireError):
@@ -212,6 +213,7 @@ async def _two_phase_commit(session: ClientSession, conns: list[ServerConnection
                      "the data before retrying")
         rest = order[1:]
     _crash_point("after_decision")
+    proxy.stats.twophase_commits += 1
     for server in rest:
         name = twophase.gid(key, server.shard)
         answer = await _run_query(server, "COMMIT PREPARED " + twophase.quote(name))
@@ -804,6 +806,16 @@ class CopyIn:
 
 
 # ---------------------------------------------------------------------- small helpers
+def _query_type(route: Route) -> str:
+    """A bounded label for a statement run on several shards."""
+    if route.statement_type == "copy":
+        return "copy"
+    if route.statement_type == "ddl":
+        return "ddl"
+    return "write" if route.is_write else "read"
+
+
+
 def _replicas(session: ClientSession, route: Route) -> bool:
     """A write to reference tables only: every shard holds the same rows, so the answer
     is one shard's (Postgres would report the rows of one table)."""
@@ -892,6 +904,7 @@ async def multi_statement(session: ClientSession, sql: str, region: bytes,
     """A simple Query holding several statements for different shards: one implicit
     transaction (unless the client has one open) over every shard it touches, each
     statement run where it belongs, answered as one Postgres answers such a query."""
+    session.proxy.stats.cross_shard["multi"] += 1
     parts = split_statements(sql)
     routes = [session.plan(p) for p in parts]
     problem: ShardwireError | None = None
@@ -950,6 +963,7 @@ async def multi_statement(session: ClientSession, sql: str, region: bytes,
 async def merge(session: ClientSession, route: Route, plan: MergePlan, sql: str,
                 region: bytes, frames: list[Frame], index: int, simple: bool) -> None:
     """A cross-shard SELECT whose result is combined by the merge engine."""
+    session.proxy.stats.cross_shard["merge"] += 1
     req = Request(sql=sql)
     describe = True
     resume = index + 1

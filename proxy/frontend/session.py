@@ -1151,6 +1151,7 @@ class ClientSession:
         ReadyForQuery status is the server's own, exactly as if Postgres had refused it;
         and a ReadyForQuery 'I' gives the server back to the pool as usual."""
         payload = error_bytes(err)
+        self.proxy.stats.errors[err.sqlstate[:2]] += 1
         if self.server is not None:
             self.out.append(_FAIL_QUERY if simple else _FAIL_PARSE)
             if simple:
@@ -1504,6 +1505,7 @@ class ClientSession:
             self.transport.write(data)
 
     def send_error(self, err: ShardwireError, *, fatal: bool = False) -> None:
+        self.proxy.stats.errors[err.sqlstate[:2]] += 1
         self.write(error_bytes(err, fatal=fatal))
 
     def release_server(self) -> None:

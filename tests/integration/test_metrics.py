@@ -1,0 +1,72 @@
+"""`/metrics` (Prometheus text format, scraped with prometheus-client's own parser) and
+`/health` of a running proxy, after a known workload."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from proxy.localpg import LocalPostgres
+from tests.integration.conftest import ProxyFactory, RunningProxy
+from tests.integration.test_routing_helpers import direct, drop_everywhere, routed_proxy, via
+
+T = "mx_items"
+
+
+@pytest.fixture(scope="module")
+def routed(proxy_factory: ProxyFactory,
+           shard_clusters: list[LocalPostgres]) -> Iterator[RunningProxy]:
+    drop_everywhere(shard_clusters, T)
+    for cluster in shard_clusters:
+        with direct(cluster) as conn:
+            conn.execute(f"CREATE TABLE {T} (id bigint PRIMARY KEY, v int)")
+    with routed_proxy(proxy_factory, {T: {"shard_key": "id"}}) as running:
+        yield running
+    drop_everywhere(shard_clusters, T)
+
+
+def scrape(proxy: RunningProxy, path: str) -> tuple[int, str]:
+    m = proxy.topology["metrics"]
+    try:
+        with urllib.request.urlopen(f"http://{m['host']}:{m['port']}{path}", timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def test_metrics_after_a_known_workload(routed: RunningProxy) -> None:
+    assert scrape(routed, "/health") == (200, "ok\n")
+    with via(routed) as conn:
+        for i in range(1, 21):
+            conn.execute(f"INSERT INTO {T} (id, v) VALUES (%s, %s)", (i, i))
+        assert conn.execute(f"SELECT count(*) FROM {T}").fetchone() == (20,)  # merged
+        assert len(conn.execute(f"SELECT id FROM {T}").fetchall()) == 20  # cross-shard read
+        with pytest.raises(psycopg.errors.FeatureNotSupported):
+            conn.execute(f"SELECT id, row_number() OVER () FROM {T}")
+        status, text = scrape(routed, "/metrics")
+        assert status == 200
+        got = samples(text)
+        assert got[("shardwire_client_connections", ())] >= 1
+    assert got[("shardwire_cross_shard_queries_total", (("query_type", "merge"),))] >= 1
+    assert got[("shardwire_cross_shard_queries_total", (("query_type", "read"),))] >= 1
+    assert got[("shardwire_errors_total", (("sqlstate_class", "0A"),))] >= 1
+    assert got[("shardwire_plan_cache_hits_total", ())] + got[
+        ("shardwire_plan_cache_misses_total", ())] >= 20
+    for state in ("active", "idle", "waiting"):
+        assert ("shardwire_pool_connections",
+                (("role", "primary"), ("shard", "s0"), ("state", state))) in got
+    assert got[("shardwire_topology_version", ())] == 1
+    assert scrape(routed, "/nothing")[0] == 404
