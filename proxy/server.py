@@ -16,6 +16,7 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
+from proxy.admin import console as admin_console
 from proxy.backend.connection import ServerConnection, open_server
 from proxy.backend.pool import Pool, PoolTarget
 from proxy.config import Config
@@ -47,6 +48,10 @@ log = logging.getLogger("shardwire.server")
 
 STARTUP_TIMEOUT = 30.0
 MAINTENANCE_INTERVAL = 10.0
+# What the admin console reports at login (psql reads these).
+_ADMIN_PARAMS = {"server_version": "15.0 (shardwire admin)", "server_encoding": "UTF8",
+                 "client_encoding": "UTF8", "DateStyle": "ISO, MDY",
+                 "integer_datetimes": "on", "standard_conforming_strings": "on"}
 # How often in-doubt transactions of earlier runs are looked for again (two-phase commit).
 RECOVERY_INTERVAL = 60.0
 
@@ -383,6 +388,20 @@ class Proxy:
                            user_cfg.password if user_cfg else None, STARTUP_TIMEOUT)
         if user_cfg is None and cfg.auth.users:
             raise InvalidAuthorization(f'role "{startup.user}" does not exist')
+        if startup.database == cfg.admin.database and startup.database != cfg.database:
+            if startup.user not in cfg.admin.users:
+                raise InvalidAuthorization(
+                    f'user "{startup.user}" may not use the admin console',
+                    hint="list the user under admin.users in the topology")
+            pid, key = self._new_backend_key()
+            stream.write(m.AUTHENTICATION_OK + b"".join(
+                m.parameter_status(k, v) for k, v in _ADMIN_PARAMS.items())
+                + m.backend_key_data(pid, key) + m.READY_IDLE)
+            task = asyncio.current_task()
+            if task is not None:
+                self._handshaking.discard(task)
+            await admin_console.serve(self, stream, startup.rest)
+            return
         if startup.database != cfg.database:
             raise UnknownDatabase(f'database "{startup.database}" does not exist',
                                   hint=f'shardwire serves the database "{cfg.database}"')
