@@ -93,7 +93,6 @@ class MergePlan:
     the shard row itself; with it, the group keys then the aggregates."""
 
     shard_sql: str
-    shard_columns: int | None  # columns of a shard row (None: `*` makes it unknown here)
     helpers: int  # trailing helper columns of a shard row (no aggregation)
     aggregate: bool
     group_keys: tuple[int, ...]  # shard columns of the GROUP BY keys
@@ -106,7 +105,6 @@ class MergePlan:
     distinct_on: tuple[int, ...] | None
     limit: Bound | None
     offset: Bound | None
-    text_columns: frozenset[int]  # shard columns fetched in text format (partials, keys)
     with_ties: bool = False  # FETCH FIRST n ROWS WITH TIES: rows tied with the last go too
     # expressions over aggregates in the select list, evaluated on the merged row: their
     # merged-row columns follow the aggregates (OutputColumn.column = EXPR + index)
@@ -260,11 +258,11 @@ class _Planner:
         if distinct_on is None and distinct is not None and limit is not None:
             s.set("limit", None)  # duplicates across shards: each shard's top-n may not do
         return MergePlan(
-            shard_sql=s.sql(dialect="postgres"), shard_columns=None, helpers=len(helpers),
+            shard_sql=s.sql(dialect="postgres"), helpers=len(helpers),
             aggregate=False, group_keys=(), aggs=(), distinct_arg=None, having=None,
             outputs=None, order=sort_keys,
             distinct=distinct is not None and distinct_on is None,
-            distinct_on=distinct_on, limit=limit, offset=offset, text_columns=frozenset(),
+            distinct_on=distinct_on, limit=limit, offset=offset,
             with_ties=with_ties)
 
     @staticmethod
@@ -538,14 +536,13 @@ class _Planner:
             shard.set("group", exp.Group(expressions=group_by))
         if not shard_items:
             raise FeatureNotSupported("empty select list")
-        text_columns = frozenset(range(len(shard_items)))
         return MergePlan(
-            shard_sql=shard.sql(dialect="postgres"), shard_columns=len(shard_items), helpers=0,
+            shard_sql=shard.sql(dialect="postgres"), helpers=0,
             aggregate=True, group_keys=tuple(keys), aggs=tuple(aggs),
             distinct_arg=len(shard_items) - 1 if distinct_arg else None, having=having,
             outputs=tuple(outputs), order=tuple(order),
             distinct=s.args.get("distinct") is not None, distinct_on=None, limit=limit,
-            offset=offset, text_columns=text_columns, exprs=tuple(exprs))
+            offset=offset, exprs=tuple(exprs))
 
 
 _OTHER_AGGS = frozenset({

@@ -107,7 +107,6 @@ class Stream:
         self.portal = portal
         self.rows: deque[bytes] = deque()
         self.done = False
-        self.suspended = False
         self.description: list[Column] | None = None
         self.tag: bytes | None = None
 
@@ -119,12 +118,10 @@ class Stream:
             if mtype == m.DATA_ROW:
                 self.rows.append(body)
             elif mtype == m.PORTAL_SUSPENDED:
-                self.suspended = True
                 return
             elif mtype == m.COMMAND_COMPLETE:
                 self.tag = body[:-1]
                 self.done = True
-                self.suspended = False
                 return
             elif mtype == m.ROW_DESCRIPTION:
                 self.description = parse_row_description(body)
