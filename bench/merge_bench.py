@@ -351,22 +351,10 @@ class MergeBench:
 
     def snapshot(self) -> None:
         self.src = self.workdir / "src"
-        self.src_hash = procs.snapshot_source(self.src, self.args.rev)
-        what = f"git {self.args.rev}" if self.args.rev else "the work tree"
-        say(f"shardwire code: proxy/ from {what} (sha256 {self.src_hash}) copied to {self.src}")
+        self.src_hash = procs.announce_snapshot(self.src, self.args.rev)
 
     def _postgres(self, name: str) -> LocalPostgres:
-        pg = LocalPostgres(self.workdir, name, auth="trust", settings={
-            "fsync": "off",
-            "synchronous_commit": "off",
-            "max_connections": "200",
-            "shared_buffers": "256MB",
-            "max_prepared_transactions": "0",
-            "log_min_messages": "warning",
-        })
-        self.stack.callback(pg.destroy)
-        pg.start()
-        pg.create_database(topology.DATABASE)
+        pg = procs.bench_postgres(self.workdir, name, self.stack, max_prepared=0)
         pg.psql(SCHEMA, dbname=topology.DATABASE)
         return pg
 

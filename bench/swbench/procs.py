@@ -7,6 +7,7 @@ one shuts down cleanly on, then SIGKILL for the whole group if it does not exit 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -23,11 +24,39 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from proxy.localpg import free_port
+from proxy.localpg import LocalPostgres, free_port
 from swbench import topology
 
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 REPO = Path(__file__).resolve().parents[2]
+
+
+def bench_postgres(workdir: Path, name: str, stack: contextlib.ExitStack, *,
+                   max_prepared: int = 0) -> LocalPostgres:
+    """A throwaway Postgres for a benchmark (fsync off, destroyed with `stack`), with the
+    benchmark database created."""
+    pg = LocalPostgres(workdir, name, auth="trust", settings={
+        "fsync": "off",
+        "synchronous_commit": "off",
+        "max_connections": "200",
+        "shared_buffers": "256MB",
+        "max_prepared_transactions": str(max_prepared),
+        "log_min_messages": "warning",
+    })
+    stack.callback(pg.destroy)
+    pg.start()
+    pg.create_database(topology.DATABASE)
+    return pg
+
+
+def announce_snapshot(src: Path, rev: str | None) -> str:
+    """Copy proxy/ (git `rev`, or the work tree) to `src` and say so; returns its hash."""
+    from swbench.runner import say
+
+    src_hash = snapshot_source(src, rev)
+    what = f"git {rev}" if rev else "the work tree"
+    say(f"shardwire code: proxy/ from {what} (sha256 {src_hash}) copied to {src}")
+    return src_hash
 
 
 class BenchError(RuntimeError):
