@@ -23,6 +23,7 @@ def _setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)  # it logs every event at DEBUG
 
 
 def run_async(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
@@ -35,12 +36,14 @@ def run_async(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
         return runner.run(main())
 
 
-async def serve(config: Config, ready: Callable[[int], None] | None = None) -> int:
-    """Serve until SIGINT/SIGTERM, then shut down gracefully."""
+async def serve(config: Config, ready: Callable[[int], None] | None = None,
+                config_path: str | None = None) -> int:
+    """Serve until SIGINT/SIGTERM, then shut down gracefully. With `config_path` the
+    topology file is watched and reloaded on change and on SIGHUP."""
     from proxy.server import Proxy
 
     try:
-        proxy = Proxy(config)
+        proxy = Proxy(config, config_path)
         await proxy.start()
     except ConfigError as exc:  # e.g. unreadable TLS files
         print(f"shardwire: invalid topology: {exc}", file=sys.stderr)
@@ -54,6 +57,7 @@ async def serve(config: Config, ready: Callable[[int], None] | None = None) -> i
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: proxy.reload("SIGHUP"))
     if ready is not None:
         ready(proxy.port)
     await stop.wait()
@@ -76,7 +80,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return 2
-    return run_async(lambda: serve(config))
+    return run_async(lambda: serve(config, config_path=args.config))
 
 
 def cmd_check(args: argparse.Namespace) -> int:

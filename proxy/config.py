@@ -41,6 +41,7 @@ __all__ = [
     "AuthMethod",
     "Config",
     "Dsn",
+    "HealthConfig",
     "KeyType",
     "Listen",
     "Metrics",
@@ -48,6 +49,7 @@ __all__ = [
     "PoolMode",
     "RangeKind",
     "RangeSpec",
+    "ReadsConfig",
     "Shard",
     "Sharding",
     "Strategy",
@@ -181,6 +183,25 @@ class MergeConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HealthConfig:
+    """Health checks: every shard host (primaries and replicas) is asked
+    ``pg_is_in_recovery()`` and its WAL position every ``check_interval`` seconds; a host
+    that fails is skipped (fast 08006) until a check succeeds again."""
+
+    check_interval: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class ReadsConfig:
+    """Replica reads: a read goes to a replica whose replay lag (measured by the proxy) is
+    at most ``max_replica_lag`` seconds; a client that wrote reads from the primary for
+    ``read_your_writes`` seconds afterwards (0 = off)."""
+
+    max_replica_lag: float = 1.0
+    read_your_writes: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class Dsn:
     """A parsed ``postgresql://`` URL. ``params`` are the remaining query parameters."""
 
@@ -306,6 +327,8 @@ class Config:
     unparsed: Unparsed
     merge: MergeConfig = MergeConfig()
     transactions: TransactionsConfig = TransactionsConfig()
+    health: HealthConfig = HealthConfig()
+    reads: ReadsConfig = ReadsConfig()
 
     @property
     def shard_names(self) -> tuple[str, ...]:
@@ -535,6 +558,8 @@ _SHARD_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 _SCRAM_RE = re.compile(
     r"SCRAM-SHA-256\$(\d+):([A-Za-z0-9+/=]+)\$([A-Za-z0-9+/=]+):([A-Za-z0-9+/=]+)"
 )
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m)?")
+_DURATION_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0}
 _WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "*"})
 
 _TOP_KEYS: Final = (
@@ -552,6 +577,8 @@ _TOP_KEYS: Final = (
     "tables",
     "merge",
     "transactions",
+    "health",
+    "reads",
 )
 
 
@@ -648,6 +675,10 @@ class _Parser:
         return self.integer(value, path, 1, 65535, "an integer port 1-65535")
 
     def seconds(self, value: object, path: str, *, allow_zero: bool) -> float:
+        if isinstance(value, str):  # "500ms", "2s", "1.5m"
+            unit = _DURATION.fullmatch(value.strip())
+            if unit is not None:
+                value = float(unit.group(1)) * _DURATION_UNITS[unit.group(2) or "s"]
         ok = (
             isinstance(value, int | float)
             and not isinstance(value, bool)
@@ -656,7 +687,8 @@ class _Parser:
         )
         if not ok:
             bound = ">= 0" if allow_zero else "> 0"
-            self.fail(path, f"expected a number of seconds {bound}, got {_describe(value)}")
+            self.fail(path, f"expected a number of seconds {bound} (or a duration such as "
+                           f"'500ms', '2s', '1m'), got {_describe(value)}")
         return float(cast(float, value))
 
     def boolean(self, value: object, path: str) -> bool:
@@ -1260,6 +1292,17 @@ def parse_config(data: object, source: str = "<config>", base_dir: Path | None =
             r"[A-Za-z0-9_.-]{1,40}", instance)):
         p.fail("transactions.instance", "expected 1-40 letters, digits, '_', '.' or '-'")
     transactions = TransactionsConfig(mode=str(txn_mode), instance=instance)
+    health_map = p.optional_mapping(top.get("health"), "health", ("check_interval",))
+    health = HealthConfig(check_interval=p.seconds(
+        health_map.get("check_interval", HealthConfig().check_interval),
+        "health.check_interval", allow_zero=False))
+    reads_map = p.optional_mapping(top.get("reads"), "reads",
+                                   ("max_replica_lag", "read_your_writes"))
+    reads = ReadsConfig(
+        max_replica_lag=p.seconds(reads_map.get("max_replica_lag", 1.0),
+                                  "reads.max_replica_lag", allow_zero=True),
+        read_your_writes=p.seconds(reads_map.get("read_your_writes", 0.0),
+                                   "reads.read_your_writes", allow_zero=True))
     return Config(
         source=source,
         listen=listen,
@@ -1276,6 +1319,8 @@ def parse_config(data: object, source: str = "<config>", base_dir: Path | None =
         unparsed=unparsed,
         merge=merge,
         transactions=transactions,
+        health=health,
+        reads=reads,
     )
 
 

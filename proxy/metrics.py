@@ -36,6 +36,7 @@ class Stats:
         self.errors: Counter[str] = Counter()  # SQLSTATE class -> errors sent to clients
         self.twophase_commits = 0
         self.twophase_recovered = 0
+        self.reloads: Counter[str] = Counter()  # result (ok | error) -> topology reloads
 
 
 class ProxyCollector(Collector):
@@ -85,7 +86,14 @@ class ProxyCollector(Collector):
         yield CounterMetricFamily("shardwire_twophase_recovered", "In-doubt transactions "
                                   "resolved by recovery", value=stats.twophase_recovered)
         yield GaugeMetricFamily("shardwire_topology_version", "Version of the topology in "
-                                "use (1 until reloads exist)", value=1)
+                                "use: 1 at start, +1 per reload that changed it",
+                                value=proxy.topology_version)
+        reloads = CounterMetricFamily("shardwire_topology_reloads", "Topology reloads "
+                                      "(file change, SIGHUP, admin RELOAD) by result",
+                                      labels=["result"])
+        for result in ("ok", "error"):
+            reloads.add_metric([result], stats.reloads[result])
+        yield reloads
 
 
 class MetricsServer:

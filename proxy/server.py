@@ -19,7 +19,7 @@ from typing import Any
 from proxy.admin import console as admin_console
 from proxy.backend.connection import ServerConnection, open_server
 from proxy.backend.pool import Pool, PoolTarget
-from proxy.config import Config
+from proxy.config import Config, Dsn, load_config
 from proxy.errors import (
     AdminShutdown,
     ConfigError,
@@ -42,6 +42,8 @@ from proxy.frontend.statements import StatementCache
 from proxy.metrics import MetricsServer, Stats
 from proxy.sql.merge import MergePlan, plan_merge
 from proxy.sql.planner import Planner
+from proxy.topology.reload import plan_reload
+from proxy.topology.watcher import TopologyWatcher
 from proxy.wire import messages as m
 
 log = logging.getLogger("shardwire.server")
@@ -81,9 +83,17 @@ def make_ssl_context(config: Config) -> ssl.SSLContext | None:
 
 
 class Proxy:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, config_path: str | None = None) -> None:
         self.config = config
-        self.pools: dict[tuple[str, str, str], Pool] = {}
+        # The topology file (None: no reloads, e.g. `shardwire demo`) and its version,
+        # bumped by each reload that changes something (see reload()).
+        self.config_path = config_path
+        self.topology_version = 1
+        self.last_reload = "none yet"
+        self.watcher: TopologyWatcher | None = None
+        # Pools by (shard, role, user, host, port); the primary's by (shard, user) too.
+        self.pools: dict[tuple[str, str, str, str, int], Pool] = {}
+        self._primary_pools: dict[tuple[str, str], Pool] = {}
         self.sessions: dict[int, ClientSession] = {}
         self.statements = StatementCache()
         # The statement router; None when the topology lists no table (every statement
@@ -168,6 +178,10 @@ class Proxy:
         self._server = await asyncio.start_server(
             self._handle_client, listen.host, listen.port, reuse_address=True, backlog=1024)
         self._maintenance = asyncio.get_running_loop().create_task(self._maintain())
+        if self.config_path is not None:
+            self.watcher = TopologyWatcher(self.config_path,
+                                           lambda: self.reload("the file changed"))
+            self.watcher.start()
         log.info("shardwire listening on %s:%d (database %r, %d shards, pool mode %s)",
                  listen.host, self.port, self.config.database, len(self.config.shards),
                  self.config.pool.mode)
@@ -205,6 +219,8 @@ class Proxy:
             await asyncio.wait(self._clients, timeout=5)
         if self._maintenance is not None:
             self._maintenance.cancel()
+        if self.watcher is not None:
+            await self.watcher.close()
         if self.metrics_server is not None:
             await asyncio.to_thread(self.metrics_server.stop)
         for pool in self.pools.values():
@@ -233,16 +249,23 @@ class Proxy:
 
     # ------------------------------------------------------------------ services
     def pool_for(self, shard: str, user: str) -> Pool:
-        key = (shard, "primary", user)
+        """The pool of `shard`'s primary for `user` (per checkout: one dict lookup)."""
+        pool = self._primary_pools.get((shard, user))
+        if pool is None or pool.closing:
+            pool = self._pool(shard, "primary", self.config.shard(shard).primary, user)
+            self._primary_pools[(shard, user)] = pool
+        return pool
+
+    def _pool(self, shard: str, role: str, dsn: Dsn, user: str) -> Pool:
+        key = (shard, role, user, dsn.host, dsn.port)
         pool = self.pools.get(key)
-        if pool is None:
+        if pool is None or pool.closing:
             cfg = self.config
-            dsn = cfg.shard(shard).primary
             user_cfg = cfg.auth.users.get(user)
             server_user = (user_cfg.server_user if user_cfg else None) or dsn.user
             password = (user_cfg.server_password if user_cfg else None) or dsn.password
             pc = cfg.pool
-            pool = Pool(PoolTarget(shard, "primary", dsn.host, dsn.port, dsn.database,
+            pool = Pool(PoolTarget(shard, role, dsn.host, dsn.port, dsn.database,
                                    server_user, password),
                         size=pc.size, connect_timeout=pc.connect_timeout,
                         checkout_timeout=pc.checkout_timeout,
@@ -250,6 +273,88 @@ class Proxy:
                         lifetime=pc.server_lifetime or float("inf"))
             self.pools[key] = pool
         return pool
+
+    # ------------------------------------------------------------------ reload
+    def reload(self, why: str) -> tuple[bool, str]:
+        """Read the topology file again and switch to it if it is valid (see
+        proxy/topology/reload.py). Returns (ok, what happened). Never raises: an invalid
+        file keeps the running topology, and the problem is logged and counted."""
+        if self.watcher is not None:
+            self.watcher.seen()
+        if self.config_path is None:
+            return False, "no topology file: this proxy was started without one"
+        try:
+            new = load_config(self.config_path)
+            changes = plan_reload(self.config, new, two_phase=self.two_phase)
+            ssl_context = make_ssl_context(changes.config)
+            planner = Planner(changes.config) if changes.config.tables else None
+        except ConfigError as exc:
+            self.stats.reloads["error"] += 1
+            self.last_reload = f"error: {exc}"
+            log.error("topology reload (%s) refused, still on version %d: %s", why,
+                      self.topology_version, exc)
+            return False, f"invalid topology, still on version {self.topology_version}: {exc}"
+        self.stats.reloads["ok"] += 1
+        for item in changes.restart_needed:
+            log.warning("topology reload: %s changed; this takes effect at the next restart",
+                        item)
+        if not changes.summary:
+            self.last_reload = f"ok: nothing to change (version {self.topology_version})"
+            log.info("topology reload (%s): nothing changed (version %d)", why,
+                     self.topology_version)
+            return True, self.last_reload
+        self._switch(changes.config, planner, ssl_context)
+        text = "; ".join(changes.summary)
+        self.last_reload = f"ok: version {self.topology_version}: {text}"
+        log.info("topology reload (%s): version %d: %s", why, self.topology_version, text)
+        return True, self.last_reload
+
+    def _switch(self, config: Config, planner: Planner | None,
+                ssl_context: ssl.SSLContext | None) -> None:
+        """Make `config` the running topology: one step on the event loop, so no statement
+        sees half of it. Sessions between transactions take it now, the others when their
+        transaction ends (proxy/frontend/session.py: adopt_topology)."""
+        self.config = config
+        self.planner = planner
+        self.ssl_context = ssl_context
+        self.max_groups = config.merge.max_groups
+        self.topology_version += 1
+        pc = config.pool
+        for key, pool in list(self.pools.items()):
+            shard, role, user, host, port = key
+            target = self._target_of(shard, role, user, host, port)
+            if target != pool.target:
+                pool.drain()  # removed shard, new host or credentials: retire it
+                del self.pools[key]
+                continue
+            pool.reconfigure(size=pc.size, connect_timeout=pc.connect_timeout,
+                             checkout_timeout=pc.checkout_timeout,
+                             idle_timeout=pc.idle_timeout or float("inf"),
+                             lifetime=pc.server_lifetime or float("inf"))
+        self._primary_pools = {k: p for k, p in self._primary_pools.items()
+                               if not p.closing}
+        for session in list(self.sessions.values()):
+            if session.between_transactions():
+                session.adopt_topology()
+
+    def _target_of(self, shard: str, role: str, user: str, host: str,
+                   port: int) -> PoolTarget | None:
+        """What a pool with this key would connect to under the running config."""
+        cfg = self.config
+        try:
+            spec = cfg.shard(shard)
+        except KeyError:
+            return None
+        hosts = [spec.primary] if role == "primary" else list(spec.replicas)
+        dsn = next((d for d in hosts if d.host == host and d.port == port), None)
+        if dsn is None:
+            return None
+        user_cfg = cfg.auth.users.get(user)
+        if user_cfg is None and cfg.auth.users:
+            return None
+        return PoolTarget(shard, role, dsn.host, dsn.port, dsn.database,
+                          (user_cfg.server_user if user_cfg else None) or dsn.user,
+                          (user_cfg.server_password if user_cfg else None) or dsn.password)
 
     def merge_plan(self, sql: str) -> MergePlan:
         """The merge plan of a cross-shard SELECT (cached); raises what planning raised."""

@@ -282,7 +282,7 @@ async def open_server(*, shard: str, role: str, host: str, port: int, user: str,
         raise ShardUnavailable(
             f'cannot connect to shard "{shard}" ({role} {address}): {exc.strerror or exc}',
             hint="the shard is down or unreachable; check that its Postgres is running",
-            sqlstate="08001") from None
+            sqlstate="08006") from None
     except BaseException:
         if conn is not None:
             conn.abort()

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from proxy.backend.connection import ServerConnection, open_server
@@ -33,23 +34,81 @@ class PoolTarget:
 
 
 class Pool:
+    """Connections to one Postgres host for one user.
+
+    Two switches stop check-outs without touching connections in use: ``down`` (the
+    shard's circuit breaker is open: check-outs fail at once with that error instead of
+    each waiting ``connect_timeout``) and ``paused`` (admin ``PAUSE``: check-outs wait
+    until ``RESUME``). ``on_unreachable`` is told when a connect attempt fails for
+    network reasons, so the health monitor can open the breaker for every pool of the host.
+    """
+
     def __init__(self, target: PoolTarget, *, size: int, connect_timeout: float,
                  checkout_timeout: float, idle_timeout: float = 600.0,
-                 lifetime: float = 3600.0) -> None:
+                 lifetime: float = 3600.0,
+                 on_unreachable: Callable[[PoolTarget, ShardUnavailable], None] | None = None,
+                 ) -> None:
         self.target = target
         self.size = size
         self.connect_timeout = connect_timeout
         self.checkout_timeout = checkout_timeout
         self.idle_timeout = idle_timeout
         self.lifetime = lifetime
+        self.on_unreachable = on_unreachable
         self.idle: deque[ServerConnection] = deque()
         self.total = 0  # open or opening connections, in use or idle
+        self.conns: set[ServerConnection] = set()  # open ones, for SHOW SERVERS
         self.waiters: deque[asyncio.Future[ServerConnection | None]] = deque()
         self.closing = False
+        self.down: ShardUnavailable | None = None  # the breaker's error while open
+        self.paused: asyncio.Event | None = None  # set by RESUME
+        self.blocked = False  # down or paused: try_acquire hands nothing out
         # Counters read by metrics/admin at scrape time.
         self.checkouts = 0
         self.connects = 0
         self.connect_errors = 0
+
+    # ------------------------------------------------------------------ switches
+    def set_down(self, error: ShardUnavailable | None) -> None:
+        """Open (with the error to give) or close (None) this pool's circuit breaker."""
+        self.down = error
+        self.blocked = error is not None or self.paused is not None
+        if error is not None:
+            self._fail_waiters(error)
+            while self.idle:  # the host is gone: these are dead too
+                self._forget(self.idle.pop())
+
+    def pause(self) -> None:
+        if self.paused is None:
+            self.paused = asyncio.Event()
+            self.blocked = True
+
+    def resume(self) -> None:
+        paused, self.paused = self.paused, None
+        self.blocked = self.down is not None
+        if paused is not None:
+            paused.set()
+
+    def reconfigure(self, *, size: int, connect_timeout: float, checkout_timeout: float,
+                    idle_timeout: float, lifetime: float) -> None:
+        """Apply new pool settings (topology reload) without closing anything: a smaller
+        pool shrinks as connections come back, a larger one serves waiters now."""
+        grow = size - self.size
+        self.size = size
+        self.connect_timeout = connect_timeout
+        self.checkout_timeout = checkout_timeout
+        self.idle_timeout = idle_timeout
+        self.lifetime = lifetime
+        for _ in range(max(0, grow)):
+            if not self._offer(None):
+                break
+
+    def drain(self) -> None:
+        """Retire this pool (its host left the topology or changed): idle connections close
+        now, ones in use close when they come back; nothing running is interrupted."""
+        self.closing = True
+        while self.idle:
+            self._forget(self.idle.pop())
 
     @property
     def active(self) -> int:
@@ -57,17 +116,32 @@ class Pool:
 
     def try_acquire(self) -> ServerConnection | None:
         """Hand out an idle connection without waiting, if there is one."""
+        if self.blocked:
+            return None
         idle = self.idle
         while idle:
             conn = idle.pop()  # LIFO: the warmest connection, and idle ones age out
             if conn.closed:
-                self.total -= 1
+                self._forget(conn)
                 continue
             self.checkouts += 1
             return conn
         return None
 
+    def _forget(self, conn: ServerConnection) -> None:
+        if not conn.closed:
+            conn.terminate()
+        self.conns.discard(conn)
+        self.total -= 1
+
     async def acquire(self) -> ServerConnection:
+        while self.blocked:
+            if self.down is not None:
+                err = self.down
+                raise ShardUnavailable(err.message, detail=err.detail, hint=err.hint,
+                                       sqlstate=err.sqlstate)
+            if self.paused is not None:
+                await self.paused.wait()
         conn = self.try_acquire()
         if conn is not None:
             return conn
@@ -108,6 +182,8 @@ class Pool:
         except ShardUnavailable as exc:
             self.total -= 1
             self.connect_errors += 1
+            if exc.sqlstate == "08006" and self.on_unreachable is not None:
+                self.on_unreachable(t, exc)  # opens the breaker of every pool of the host
             # Fail fast: the clients queued behind this attempt would each try the same
             # unreachable shard in turn (one connect_timeout apiece) and the last ones end
             # with a misleading 53300 checkout timeout. Hand them this error now instead
@@ -121,6 +197,7 @@ class Pool:
             raise
         self.connects += 1
         self.checkouts += 1
+        self.conns.add(conn)
         return conn
 
     def release(self, conn: ServerConnection, *, reusable: bool = True) -> None:
@@ -130,11 +207,11 @@ class Pool:
         now = time.monotonic()
         conn.last_used = now
         if (not reusable or conn.closed or self.closing or conn.status != b"I"
-                or now - conn.created_at > self.lifetime):
-            if not conn.closed:
-                conn.terminate()
-            self.total -= 1
-            self._offer(None)
+                or now - conn.created_at > self.lifetime or self.total > self.size
+                or self.down is not None):
+            self._forget(conn)
+            if self.total < self.size:
+                self._offer(None)
             return
         if conn.cancels_in_flight:
             # A cancel for its last statement is still on its way: handing it on now could
@@ -175,8 +252,7 @@ class Pool:
         keep: deque[ServerConnection] = deque()
         for conn in self.idle:
             if conn.closed or now - conn.last_used > self.idle_timeout:
-                conn.terminate()
-                self.total -= 1
+                self._forget(conn)
             else:
                 keep.append(conn)
         self.idle = keep
@@ -184,8 +260,7 @@ class Pool:
     def close(self) -> None:
         self.closing = True
         while self.idle:
-            self.idle.pop().terminate()
-            self.total -= 1
+            self._forget(self.idle.pop())
         while self.waiters:
             fut = self.waiters.popleft()
             if not fut.done():

@@ -166,6 +166,7 @@ class ClientSession:
         self._done: asyncio.Future[None] | None = None
         # Routing (see proxy/frontend/routing.py and proxy/sql/ROUTING.md).
         config = proxy.config
+        self.generation = proxy.topology_version  # the topology this session routes with
         self.planner = proxy.planner
         self.default_shard = config.default_shard
         # Every server this session holds, by shard: the active one (`server`), and in a
@@ -280,6 +281,9 @@ class ClientSession:
 
     def process(self, region: bytes, frames: list[Frame], index: int) -> None:
         """Handle client frames from `index` on; hand over to a task if one must wait."""
+        if (self.generation != self.proxy.topology_version and self.between_transactions()
+                and not self.batch_open and not self.implicit_txn and not self.cursors):
+            self.adopt_topology()  # a reload happened while this session was busy
         count = len(frames)
         planner = self.planner
         while index < count:
@@ -339,6 +343,25 @@ class ClientSession:
                 self._open_transaction(self.server)  # type: ignore[arg-type]
             self.forward(mtype, region, start, end)
         self.flush()
+
+    def adopt_topology(self) -> None:
+        """Route with the proxy's current topology (called between transactions only: a
+        transaction finishes on the map it began with). Servers kept from retired pools
+        (session mode) are given back, to be closed."""
+        proxy = self.proxy
+        self.generation = proxy.topology_version
+        self.planner = proxy.planner
+        config = proxy.config
+        self.default_shard = config.default_shard
+        names = config.shard_names
+        self.reference_shard = names[self.pid % len(names)]
+        for shard, (server, pool) in list(self.held.items()):
+            if pool.closing:
+                if server is self.server:
+                    self.server = None
+                    self.pool = None
+                del self.held[shard]
+                pool.release(server, reusable=False)
 
     # ------------------------------------------------------------------ routing
     def target(self, mtype: int, region: bytes, start: int, end: int, frames: list[Frame],

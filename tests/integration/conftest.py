@@ -99,10 +99,14 @@ def wait_for_port(host: str, port: int, process: subprocess.Popen[bytes], log_pa
 
 
 def start_proxy(workdir: Path, topology: dict[str, Any], name: str = "proxy",
-                env: dict[str, str] | None = None) -> RunningProxy:
+                env: dict[str, str] | None = None,
+                config_path: Path | None = None) -> RunningProxy:
+    """Run `shardwire serve` on `topology`, written to `<name>.yaml` in `workdir` (or
+    already at `config_path`, which the caller keeps up to date)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    config_path = workdir / f"{name}.yaml"
-    config_path.write_text(yaml.safe_dump(topology, sort_keys=False))
+    if config_path is None:
+        config_path = workdir / f"{name}.yaml"
+        config_path.write_text(yaml.safe_dump(topology, sort_keys=False))
     log_path = workdir / f"{name}.log"
     env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
     with log_path.open("wb") as log:

@@ -594,7 +594,12 @@ def test_pool_timeouts_must_be_positive(key: str) -> None:
 
 
 def test_pool_timeout_not_number() -> None:
-    assert_err(with_(pool={"idle_timeout": "10m"}), "pool.idle_timeout", "seconds >= 0", "'10m'")
+    assert_err(with_(pool={"idle_timeout": "ten"}), "pool.idle_timeout", "seconds >= 0", "'ten'")
+
+
+def test_pool_timeout_with_unit() -> None:
+    cfg = parse_config(with_(pool={"idle_timeout": "10m", "connect_timeout": "250ms"}))
+    assert (cfg.pool.idle_timeout, cfg.pool.connect_timeout) == (600.0, 0.25)
 
 
 # --------------------------------------------------------------------------- DSNs

@@ -1,0 +1,210 @@
+"""Live topology reload: the proxy follows its YAML file (ConfigMap-style symlink swaps,
+SIGHUP, admin RELOAD) while clients keep querying, and never takes an invalid file."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from proxy.localpg import LocalPostgres
+from tests.integration.conftest import RunningProxy, base_topology, start_proxy
+from tests.integration.test_routing_helpers import direct, drop_everywhere
+
+T = "rl_items"
+REF = "rl_ref"
+ROWS = 400
+ADMIN = {"database": "shardwire", "users": ["app"]}
+
+
+class ConfigMapDir:
+    """A directory laid out like a mounted Kubernetes ConfigMap: `topology.yaml` is a
+    symlink to `..data/topology.yaml`, and `..data` a symlink to a timestamped directory
+    that each update replaces with one atomic rename."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.count = 0
+        root.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def path(self) -> Path:
+        return self.root / "topology.yaml"
+
+    def publish(self, text: str) -> None:
+        self.count += 1
+        version = self.root / f"..2026_11_22_{self.count:04d}"
+        version.mkdir()
+        (version / "topology.yaml").write_text(text)
+        tmp = self.root / "..data_tmp"
+        tmp.symlink_to(version.name)
+        old = (self.root / "..data").resolve() if (self.root / "..data").exists() else None
+        os.replace(tmp, self.root / "..data")
+        if not self.path.is_symlink():
+            self.path.symlink_to("..data/topology.yaml")
+        if old is not None:  # kubelet removes the previous version after the swap
+            for f in old.iterdir():
+                f.unlink()
+            old.rmdir()
+
+
+def scrape(running: RunningProxy) -> dict[str, float]:
+    metrics = running.topology["metrics"]
+    url = f"http://{metrics['host']}:{metrics['port']}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        text = resp.read().decode()
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            label = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            values[f"{sample.name}{{{label}}}" if label else sample.name] = sample.value
+    return values
+
+
+def wait_for(predicate: Any, what: str, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def version(running: RunningProxy) -> int:
+    return int(scrape(running)["shardwire_topology_version"])
+
+
+def reloads(running: RunningProxy, result: str) -> int:
+    return int(scrape(running)[f"shardwire_topology_reloads_total{{result={result}}}"])
+
+
+@pytest.fixture(scope="module")
+def third_shard(pg_factory: Any) -> LocalPostgres:
+    cluster = pg_factory("reload_s2", auth="scram-sha-256", superuser_password="postgres")
+    cluster.create_database("app")
+    return cluster
+
+
+@pytest.fixture(scope="module")
+def clusters(shard_clusters: list[LocalPostgres],
+             third_shard: LocalPostgres) -> Iterator[list[LocalPostgres]]:
+    everyone = [*shard_clusters, third_shard]
+    drop_everywhere(everyone, T, REF)
+    for cluster in everyone:
+        with direct(cluster) as conn:
+            conn.execute(f"CREATE TABLE {T} (id bigint PRIMARY KEY, v int)")
+            conn.execute(f"CREATE TABLE {REF} (code int PRIMARY KEY, name text)")
+            conn.execute(f"INSERT INTO {REF} SELECT g, 'n' || g FROM generate_series(1, 10) g")
+    yield everyone
+    drop_everywhere(everyone, T, REF)
+
+
+def topology(clusters: list[LocalPostgres], base: dict[str, Any], *, size: int,
+             reference: bool, third: bool) -> dict[str, Any]:
+    topo = dict(base)
+    shards = [{"name": f"s{i}", "primary": c.dsn("app")} for i, c in enumerate(clusters)]
+    topo["shards"] = shards if third else shards[:2]
+    topo["pool"] = {**base["pool"], "size": size}
+    # s2, once added, owns no buckets: it serves the reference table only.
+    topo["sharding"] = {"buckets": 64, "assignment": {"s0": "0-31", "s1": "32-63"}}
+    tables: dict[str, Any] = {T: {"shard_key": "id"}}
+    if reference:
+        tables[REF] = {"strategy": "reference"}
+    topo["tables"] = tables
+    return topo
+
+
+def test_reload_under_load(clusters: list[LocalPostgres], tmp_path: Path) -> None:
+    cm = ConfigMapDir(tmp_path / "configmap")
+    base = base_topology(clusters[:2], admin=ADMIN)
+    base["pool"] = {**base["pool"], "checkout_timeout": 10}
+    first = topology(clusters, base, size=4, reference=False, third=False)
+    cm.publish(yaml.safe_dump(first, sort_keys=False))
+    running = start_proxy(tmp_path, first, name="reload", config_path=cm.path)
+    try:
+        _run_reloads(running, clusters, cm, base)
+    finally:
+        running.stop()
+
+
+def _run_reloads(running: RunningProxy, clusters: list[LocalPostgres], cm: ConfigMapDir,
+                 base: dict[str, Any]) -> None:
+    with psycopg.connect(running.dsn(), autocommit=True) as conn:
+        with conn.cursor() as cur:
+            cur.executemany(f"INSERT INTO {T} (id, v) VALUES (%s, %s)",
+                            [(i, i * 10) for i in range(1, ROWS + 1)])
+    errors: list[BaseException] = []
+    done = threading.Event()
+    statements = [0]
+    reference_on = threading.Event()
+
+    def client(seed: int, transactions: bool) -> None:
+        rnd = random.Random(seed)
+        try:
+            with psycopg.connect(running.dsn(), autocommit=not transactions) as conn:
+                while not done.is_set():
+                    key = rnd.randint(1, ROWS)
+                    row = conn.execute(f"SELECT v FROM {T} WHERE id = %s", (key,)).fetchone()
+                    assert row == (key * 10,), (key, row)
+                    total = conn.execute(f"SELECT count(*), sum(v) FROM {T}").fetchone()
+                    assert total == (ROWS, sum(i * 10 for i in range(1, ROWS + 1))), total
+                    if reference_on.is_set():
+                        ref = conn.execute(f"SELECT count(*) FROM {REF}").fetchone()
+                        assert ref == (10,), ref
+                    if transactions:
+                        conn.commit()
+                    statements[0] += 1
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client, args=(i, i % 2 == 1), daemon=True)
+               for i in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        expected = version(running)
+        assert expected == 1
+        invalid_seen = False
+        for step in range(50):
+            reference = step >= 10
+            third = step >= 20
+            topo = topology(clusters, base, size=3 + step % 4, reference=reference,
+                            third=third)
+            if step == 30:  # an invalid file: a bucket assigned to a shard that is not there
+                bad = dict(topo, sharding={"buckets": 64,
+                                           "assignment": {"s0": "0-31", "s9": "32-63"}})
+                before = reloads(running, "error")
+                cm.publish(yaml.safe_dump(bad, sort_keys=False))
+                wait_for(lambda b=before: reloads(running, "error") == b + 1,
+                         "the error count")
+                assert version(running) == expected  # the old map stays
+                invalid_seen = True
+            cm.publish(yaml.safe_dump(topo, sort_keys=False))
+            if step % 10 == 5:  # SIGHUP as well: at most one of the two changes anything
+                running.process.send_signal(signal.SIGHUP)
+            expected += 1
+            wait_for(lambda e=expected: version(running) == e, f"topology version {expected}")
+            if step == 10:
+                reference_on.set()
+            assert not errors, errors[0]
+        assert invalid_seen
+    finally:
+        done.set()
+        for t in threads:
+            t.join(30)
+    assert not errors, repr(errors[0])
+    assert statements[0] > 50, statements[0]
+    log = running.log()
+    assert "s9" in log and "refused" in log, log[-3000:]
+    assert "Traceback" not in log, log[-3000:]
