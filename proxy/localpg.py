@@ -231,6 +231,7 @@ class LocalPostgres:
         input: str | None = None,
         check: bool = True,
         timeout: float = 120,
+        extra_env: Mapping[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
         kwargs: dict[str, Any] = {}
         if self._account is not None:
@@ -243,7 +244,7 @@ class LocalPostgres:
             check=check,
             timeout=timeout,
             cwd=self.cluster_dir,
-            env=self._env(),
+            env={**self._env(), **(extra_env or {})},
             **kwargs,
         )
 
@@ -311,6 +312,21 @@ class LocalPostgres:
         with (self.datadir / "postgresql.conf").open("a") as conf:
             conf.write("\n# shardwire.localpg settings (rewritten on every start)\n")
             conf.write("include 'shardwire.conf'\n")
+        self._ensure_replication_hba()
+
+    def _ensure_replication_hba(self) -> bool:
+        """Make sure pg_hba.conf lets 127.0.0.1 open replication connections (initdb's
+        sample has that line; add it when missing).  Returns True if the file changed."""
+        hba = self.datadir / "pg_hba.conf"
+        text = hba.read_text()
+        for line in text.splitlines():
+            fields = line.split("#", 1)[0].split()
+            if fields[:4] == ["host", "replication", "all", "127.0.0.1/32"]:
+                return False
+        if text and not text.endswith("\n"):
+            text += "\n"
+        hba.write_text(text + f"host replication all 127.0.0.1/32 {self.auth}\n")
+        return True
 
     def _config(self) -> dict[str, str]:
         conf = {
@@ -325,6 +341,10 @@ class LocalPostgres:
             "shared_buffers": "64MB",
             "logging_collector": "off",
             "wal_level": "replica",
+            # Any cluster can be the primary of streaming replicas (make_replica) and,
+            # when it is a standby, answers read-only queries.
+            "max_wal_senders": "10",
+            "hot_standby": "on",
         }
         if self.auth == "md5":
             conf["password_encryption"] = "md5"
@@ -460,6 +480,159 @@ class LocalPostgres:
             for lock in self.datadir.glob(".s.PGSQL.*.lock"):
                 lock.unlink(missing_ok=True)
 
+    # ----------------------------------------------------------------- replication
+
+    def _reload(self) -> None:
+        self._run([self._bin("pg_ctl"), "reload", "-D", self.datadir, "-s"], timeout=60)
+
+    def _set_auto_conf(self, values: Mapping[str, str]) -> None:
+        """Set ``values`` in postgresql.auto.conf (what ``ALTER SYSTEM`` writes; it overrides
+        postgresql.conf and shardwire.conf), replacing earlier entries of the same names.
+        Only for a stopped server, or reload it afterwards."""
+        path = self.datadir / "postgresql.auto.conf"
+        try:
+            lines = path.read_text().splitlines(keepends=True)
+        except FileNotFoundError:
+            lines = []
+        names = {name.lower() for name in values}
+        kept = [
+            line
+            for line in lines
+            if line.split("=", 1)[0].strip().lower() not in names
+        ]
+        if kept and not kept[-1].endswith("\n"):
+            kept[-1] += "\n"
+        for name, value in values.items():
+            escaped = value.replace("\\", "\\\\").replace("'", "''")
+            kept.append(f"{name} = '{escaped}'\n")
+        path.write_text("".join(kept))
+        if self._account is not None:
+            os.chown(path, self._account.pw_uid, self._account.pw_gid)
+
+    def primary_conninfo(self, application_name: str | None = None) -> str:
+        """A libpq connection string a standby uses to stream from this cluster (TCP,
+        superuser ``postgres`` with its password)."""
+        parts = {
+            "host": self.host,
+            "port": str(self.port),
+            "user": _PG_USER,
+            "password": self.superuser_password,
+        }
+        if application_name:
+            parts["application_name"] = application_name
+        return " ".join(f"{key}={_conninfo_quote(value)}" for key, value in parts.items())
+
+    def make_replica(self, name: str) -> LocalPostgres:
+        """Build a streaming replica of this (running) cluster with ``pg_basebackup -R`` and
+        start it as a hot standby.
+
+        The replica lives next to this cluster (same ``base_dir``) under ``name``, gets its
+        own free port, and has the same auth method, superuser password and ``settings``.
+        It is not tracked by anyone: the caller destroys it.
+        """
+        if not self.is_running():
+            raise RuntimeError(f"cluster {self.name!r} must be running to make a replica of it")
+        basebackup = self.bindir / "pg_basebackup"
+        if not os.access(basebackup, os.X_OK):
+            raise PostgresNotFound(f"{basebackup} is missing")
+        if self._ensure_replication_hba():
+            self._reload()
+        replica = LocalPostgres(
+            self.base_dir,
+            name,
+            auth=self.auth,
+            superuser_password=self.superuser_password,
+            settings=self.settings,
+            bindir=self.bindir,
+        )
+        if replica.cluster_dir == self.cluster_dir:
+            raise ValueError(f"a replica cannot have its primary's name {name!r}")
+        if replica.datadir.exists():
+            raise RuntimeError(f"cannot make replica {name!r}: {replica.datadir} already exists")
+        replica._prepare_dirs()
+        result = replica._run(
+            [
+                str(basebackup),
+                "-D",
+                replica.datadir,
+                "-R",
+                "-X",
+                "stream",
+                "--checkpoint=fast",
+                "--no-sync",
+                "-w",
+                "-h",
+                self.host,
+                "-p",
+                str(self.port),
+                "-U",
+                _PG_USER,
+            ],
+            check=False,
+            timeout=300,
+            # _env() drops every PG* variable; this one is meant for pg_basebackup.
+            extra_env={"PGPASSWORD": self.superuser_password},
+        )
+        if result.returncode != 0:
+            shutil.rmtree(replica.datadir, ignore_errors=True)
+            raise RuntimeError(
+                f"pg_basebackup of cluster {self.name!r} into {name!r} failed "
+                f"(exit {result.returncode}):\n{result.stdout}\n{result.stderr}"
+            )
+        # Files copied from the primary that belong to it, not to the replica.
+        replica.logfile.unlink(missing_ok=True)
+        for stale in replica.datadir.glob(".s.PGSQL.*"):
+            stale.unlink(missing_ok=True)
+        # -R wrote primary_conninfo with the password it was given; write our own anyway
+        # so it names the replica (application_name shows in pg_stat_replication).
+        replica._set_auto_conf({"primary_conninfo": self.primary_conninfo(name)})
+        replica._write_config()  # its own port and socket directory, not the primary's
+        try:
+            replica.start()
+        except Exception:
+            replica.destroy()
+            raise
+        return replica
+
+    def is_in_recovery(self) -> bool:
+        """``pg_is_in_recovery()`` of the running server (via psql)."""
+        return self.psql("SELECT pg_is_in_recovery()").strip() == "t"
+
+    def promote(self, timeout: float = 60) -> None:
+        """Promote this standby (``pg_ctl promote``) and wait until it accepts writes."""
+        result = self._run(
+            [self._bin("pg_ctl"), "promote", "-D", self.datadir, "-w", "-t", str(int(timeout))],
+            check=False,
+            timeout=timeout + 30,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"pg_ctl promote failed for cluster {self.name!r} (exit {result.returncode}):\n"
+                f"{result.stdout}\n{result.stderr}\n--- {self.logfile} (tail) ---\n"
+                f"{self.log_tail()}"
+            )
+        deadline = time.monotonic() + timeout
+        while self.is_in_recovery():
+            if time.monotonic() >= deadline:
+                raise RuntimeError(f"cluster {self.name!r} is still in recovery after promote")
+            time.sleep(0.05)
+
+    def demote_to_standby_of(self, primary: LocalPostgres) -> None:
+        """Restart this cluster as a standby of ``primary`` (standby.signal and
+        primary_conninfo).
+
+        After a failover the old primary may have WAL the new one never saw (a timeline
+        fork); then it cannot stream, but it still runs as a hot standby and reports
+        ``pg_is_in_recovery() = true``.  No ``pg_rewind`` is attempted.
+        """
+        self.stop()
+        signal_file = self.datadir / "standby.signal"
+        signal_file.touch()
+        if self._account is not None:
+            os.chown(signal_file, self._account.pw_uid, self._account.pw_gid)
+        self._set_auto_conf({"primary_conninfo": primary.primary_conninfo(self.name)})
+        self.start()
+
     # ----------------------------------------------------------------- clients
 
     def dsn(
@@ -530,6 +703,13 @@ class LocalPostgres:
         tb: TracebackType | None,
     ) -> None:
         self.destroy()
+
+
+def _conninfo_quote(value: str) -> str:
+    """A value for a libpq ``key=value`` connection string."""
+    if value and not any(c in value for c in " '\\\t\n"):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 # --------------------------------------------------------------------------- process helpers

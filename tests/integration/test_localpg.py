@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import time
+from collections.abc import Callable
 
 import psycopg
 import pytest
@@ -83,3 +85,59 @@ def test_shard_clusters(shard_clusters) -> None:
     for cluster in shard_clusters:
         with psycopg.connect(cluster.dsn("app"), connect_timeout=10) as conn:
             assert conn.execute("SELECT current_database()").fetchone() == ("app",)
+
+
+def _poll(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def _count(cluster: LocalPostgres) -> int:
+    return int(cluster.psql("SELECT count(*) FROM repl_t").strip())
+
+
+def test_replica_streams_is_read_only_and_promotes(pg_factory) -> None:
+    primary: LocalPostgres = pg_factory("repl-primary", superuser_password=PASSWORD)
+    primary.psql("CREATE TABLE repl_t (x int)")
+    replica = primary.make_replica("repl-replica")
+    try:
+        assert replica.port != primary.port
+        assert replica.superuser_password == primary.superuser_password
+        assert replica.is_running()
+        assert replica.is_in_recovery() and not primary.is_in_recovery()
+        assert f"port = '{replica.port}'" in (replica.datadir / "shardwire.conf").read_text()
+        assert primary.psql("SHOW hot_standby").strip() == "on"
+
+        # Streaming: a row inserted on the primary shows up on the replica.
+        primary.psql("INSERT INTO repl_t VALUES (1)")
+        _poll(lambda: _count(replica) == 1, what="the row on the replica")
+        state = primary.psql("SELECT application_name, state FROM pg_stat_replication")
+        assert state.strip() == "repl-replica|streaming"
+
+        # Hot standby: reads work over TCP with the primary's password; writes fail.
+        with psycopg.connect(replica.dsn(), connect_timeout=10, autocommit=True) as conn:
+            assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
+            with pytest.raises(psycopg.errors.ReadOnlySqlTransaction) as info:
+                conn.execute("INSERT INTO repl_t VALUES (2)")
+            assert info.value.sqlstate == "25006"
+
+        # Failover: stop the primary, promote the replica; it takes writes.
+        primary.stop()
+        replica.promote()
+        assert not replica.is_in_recovery()
+        with psycopg.connect(replica.dsn(), connect_timeout=10, autocommit=True) as conn:
+            conn.execute("INSERT INTO repl_t VALUES (2)")
+        assert _count(replica) == 2
+
+        # The old primary rejoins as a standby of the new one (clean stop: no fork).
+        primary.demote_to_standby_of(replica)
+        assert primary.is_in_recovery()
+        _poll(lambda: _count(primary) == 2, what="the old primary to catch up")
+        with pytest.raises(PsqlError, match="read-only transaction"):
+            primary.psql("INSERT INTO repl_t VALUES (3)")
+    finally:
+        replica.destroy()
+        primary.destroy()
