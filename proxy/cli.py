@@ -79,8 +79,59 @@ def _load(path: str) -> Config | None:
 def cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
-        return 2
+        if not args.wait_for_valid_config:
+            return 2
+        return run_async(lambda: serve_when_valid(args.config))
     return run_async(lambda: serve(config, config_path=args.config))
+
+
+async def serve_when_valid(path: str) -> int:
+    """`serve --wait-for-valid-config`: the topology is invalid at start. Answer /health
+    with 503 (a Kubernetes readiness probe keeps the pod out of its Service, and a rolling
+    update stops there) and wait for the file to become valid, then serve it."""
+    from proxy.metrics import WaitingServer
+    from proxy.topology.watcher import TopologyWatcher
+
+    changed = asyncio.Event()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, changed.set)
+    problem = ["invalid topology"]
+    host, port = WaitingServer.address_of(path)
+    probe = WaitingServer(host, port, lambda: problem[0])
+    try:
+        probe.start()
+    except OSError as exc:
+        log.warning("cannot answer /health on %s:%d: %s", host, port, exc)
+        probe = None  # type: ignore[assignment]
+    watcher = TopologyWatcher(path, changed.set)
+    watcher.start()
+    try:
+        while True:
+            try:
+                config = load_config(path)
+                break
+            except ConfigError as exc:
+                problem[0] = f"invalid topology: {exc}"
+                log.error("%s; waiting for a valid file (/health answers 503)", problem[0])
+            changed.clear()
+            waiter = asyncio.ensure_future(changed.wait())
+            stopper = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            stopper.cancel()
+            if stop.is_set():
+                return 2
+    finally:
+        await watcher.close()
+        if probe is not None:
+            await asyncio.to_thread(probe.stop)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+    log.info("the topology is valid now: starting")
+    return await serve(config, config_path=path)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -168,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("serve", help="run the proxy in the foreground")
     p.add_argument("--config", "-c", required=True, help="topology YAML file")
+    p.add_argument("--wait-for-valid-config", action="store_true",
+                   help="if the topology is invalid at start, answer /health with 503 and "
+                        "wait for the file to be fixed instead of exiting (Kubernetes)")
     p.set_defaults(func=cmd_serve)
     p = sub.add_parser("check", help="validate a topology file and print a summary")
     p.add_argument("--config", "-c", required=True, help="topology YAML file")

@@ -18,6 +18,7 @@ from typing import Any
 
 from proxy.admin import console as admin_console
 from proxy.backend.connection import ServerConnection, open_server
+from proxy.backend.health import HealthMonitor
 from proxy.backend.pool import Pool, PoolTarget
 from proxy.config import Config, Dsn, load_config
 from proxy.errors import (
@@ -25,10 +26,12 @@ from proxy.errors import (
     ConfigError,
     InternalError,
     InvalidAuthorization,
+    ShardUnavailable,
     ShardwireError,
     UnknownDatabase,
 )
 from proxy.exec import twophase
+from proxy.frontend.routing import replica_safe
 from proxy.frontend.session import ClientSession, error_bytes
 from proxy.frontend.settings import (
     CANONICAL,
@@ -94,11 +97,19 @@ class Proxy:
         # Pools by (shard, role, user, host, port); the primary's by (shard, user) too.
         self.pools: dict[tuple[str, str, str, str, int], Pool] = {}
         self._primary_pools: dict[tuple[str, str], Pool] = {}
+        # Every host of every shard is checked in the background (proxy/backend/health.py):
+        # its circuit breaker, replica lag and failover detection.
+        self.health = HealthMonitor(config.shards, interval=config.health.check_interval,
+                                    connect_timeout=config.pool.connect_timeout,
+                                    on_change=self._health_changed)
+        self.paused: set[str] = set()  # shards paused by the admin console
+        self._read_only: dict[str, bool] = {}  # statement text -> may run on a replica
+        self._set_replica_reads(config)
         self.sessions: dict[int, ClientSession] = {}
         self.statements = StatementCache()
-        # The statement router; None when the topology lists no table (every statement
-        # then goes to the default shard at no planning cost).
-        self.planner: Planner | None = Planner(config) if config.tables else None
+        self.stats = Stats()  # read by /metrics at scrape time (proxy/metrics.py)
+        self.stats.hotkeys.resize(config.sharding.buckets)
+        self.planner: Planner | None = self._planner(config)
         # Parameter type OIDs the shards reported for statements whose Parse left them
         # unspecified (asyncpg binds binary values that way): server name -> OIDs.
         self.param_oids: dict[str, tuple[int, ...]] = {}
@@ -113,9 +124,12 @@ class Proxy:
         self.two_phase = config.transactions.mode == "two_phase" and len(config.shards) > 1
         self.recovered = not self.two_phase
         self.boot = twophase.new_boot()
+        # This run's liveness lock on the default shard (see twophase.hold_run_lock): other
+        # proxies recover only runs that lost it. Taken before this run's first PREPARE.
+        self._run_lock: ServerConnection | None = None
+        self._run_lock_guard = asyncio.Lock()
         self._last_recovery = time.monotonic()
         self.commit_retries = 0  # COMMIT PREPARED retried after a failure
-        self.stats = Stats()  # read by /metrics at scrape time (proxy/metrics.py)
         self.metrics_server: MetricsServer | None = None
         self.max_server_statements = 2000
         self.shutting_down = False
@@ -129,18 +143,48 @@ class Proxy:
         self.started_at = time.time()
 
     # -------------------------------------------------------------------- lifecycle
+    async def hold_run_lock(self) -> str | None:
+        """Make sure this run holds its liveness lock; the problem if it cannot."""
+        lock = self._run_lock
+        if lock is not None and not lock.closed:
+            return None
+        async with self._run_lock_guard:
+            lock = self._run_lock
+            if lock is not None and not lock.closed:
+                return None
+            shard = self.config.default_shard
+            dsn = self.primary_dsn(shard)
+            try:
+                server = await open_server(
+                    shard=shard, role="primary", host=dsn.host, port=dsn.port, user=dsn.user,
+                    database=dsn.database, password=dsn.password,
+                    connect_timeout=self.config.pool.connect_timeout,
+                    extra={"application_name": "shardwire run lock"})
+            except ShardUnavailable as exc:
+                return exc.message
+            error = await twophase.hold_run_lock(server, self.instance, self.boot)
+            if error is not None:
+                server.terminate()
+                return f'cannot take the run lock on shard "{shard}": {error}'
+            self._run_lock = server
+            return None
+
     async def recover(self) -> None:
-        """Create the decision log and resolve this instance's in-doubt transactions
-        (see proxy/exec/twophase.py). Retried by maintenance until it succeeds."""
+        """Create the decision log and resolve the in-doubt transactions of proxy runs that
+        ended (see proxy/exec/twophase.py). Retried by maintenance until it succeeds."""
         cfg = self.config
         servers: dict[str, ServerConnection] = {}
         try:
+            problem = await self.hold_run_lock()
+            if problem is not None:
+                raise RuntimeError(problem)
             for shard in cfg.shards:
-                dsn = shard.primary
+                dsn = self.primary_dsn(shard.name)
                 servers[shard.name] = await open_server(
                     shard=shard.name, role="primary", host=dsn.host, port=dsn.port,
                     user=dsn.user, database=dsn.database, password=dsn.password,
-                    connect_timeout=cfg.pool.connect_timeout)
+                    connect_timeout=cfg.pool.connect_timeout,
+                    extra={"application_name": "shardwire recovery"})
             for server in servers.values():
                 warning = await twophase.check_prepared_slots(server)
                 if warning is not None:
@@ -175,6 +219,7 @@ class Proxy:
                             metrics.port, exc)
         if self.two_phase:  # in the background: it never touches this run's transactions
             self.spawn(self.recover())
+        self.spawn(self.health.start())
         self._server = await asyncio.start_server(
             self._handle_client, listen.host, listen.port, reuse_address=True, backlog=1024)
         self._maintenance = asyncio.get_running_loop().create_task(self._maintain())
@@ -221,10 +266,13 @@ class Proxy:
             self._maintenance.cancel()
         if self.watcher is not None:
             await self.watcher.close()
+        await self.health.close()
         if self.metrics_server is not None:
             await asyncio.to_thread(self.metrics_server.stop)
         for pool in self.pools.values():
             pool.close()
+        if self._run_lock is not None:
+            self._run_lock.terminate()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=2)
         log.info("shardwire stopped")
@@ -252,9 +300,106 @@ class Proxy:
         """The pool of `shard`'s primary for `user` (per checkout: one dict lookup)."""
         pool = self._primary_pools.get((shard, user))
         if pool is None or pool.closing:
-            pool = self._pool(shard, "primary", self.config.shard(shard).primary, user)
+            pool = self._pool(shard, "primary", self.primary_dsn(shard), user)
             self._primary_pools[(shard, user)] = pool
         return pool
+
+    def primary_dsn(self, shard: str) -> Dsn:
+        """Where `shard`'s writes go: its configured primary, or the host that took over
+        after a failover (see proxy/backend/health.py)."""
+        try:
+            return self.health.primary(shard)
+        except KeyError:
+            return self.config.shard(shard).primary
+
+    def replica_pool(self, shard: str, user: str, pick: int) -> Pool | None:
+        """A pool of a healthy replica of `shard` within `reads.max_replica_lag`, or None
+        (then the primary serves the read). `pick` spreads clients over the replicas."""
+        dsns = self.health.replicas(shard, self.config.reads.max_replica_lag)
+        if not dsns:
+            return None
+        return self._pool(shard, "replica", dsns[pick % len(dsns)], user)
+
+    def read_only(self, sql: str) -> bool:
+        """Whether a statement may run on a replica (see proxy/frontend/routing.py)."""
+        known = self._read_only.get(sql)
+        if known is None:
+            known = replica_safe(sql)
+            if len(self._read_only) >= 4096:
+                self._read_only.clear()
+            self._read_only[sql] = known
+        return known
+
+    def _set_replica_reads(self, config: Config) -> None:
+        # Replica reads need transaction pooling: a session-mode client keeps one server.
+        self.replica_reads = (config.pool.mode == "transaction"
+                              and any(s.replicas for s in config.shards))
+
+    def shard_state(self, shard: str) -> str:
+        """up, down (its primary's breaker is open) or paused (admin PAUSE)."""
+        if shard in self.paused:
+            return "paused"
+        dsn = self.primary_dsn(shard)
+        return "down" if self.health.is_down(shard, dsn.host, dsn.port) else "up"
+
+    # ------------------------------------------------------------------ health
+    def _unreachable(self, target: PoolTarget, exc: ShardUnavailable) -> None:
+        """A pool could not connect: open the breaker of that host for every pool now."""
+        self.health.mark_down(target.shard, target.host, target.port, exc.message)
+
+    def _health_changed(self, shard: str) -> None:
+        """A host of `shard` went down or came back, or its primary moved: pools follow."""
+        primary = self.primary_dsn(shard)
+        for key, pool in list(self.pools.items()):
+            t = pool.target
+            if t.shard != shard:
+                continue
+            if t.role == "primary" and (t.host, t.port) != (primary.host, primary.port):
+                log.warning('shard "%s": writes now go to %s:%d (was %s:%d)', shard,
+                            primary.host, primary.port, t.host, t.port)
+                pool.drain()
+                del self.pools[key]
+                continue
+            pool.set_down(self._down_error(shard, t.role, t.host, t.port))
+        self._primary_pools = {k: p for k, p in self._primary_pools.items()
+                               if not p.closing}
+
+    def _down_error(self, shard: str, role: str, host: str,
+                    port: int) -> ShardUnavailable | None:
+        for e in self.health.endpoints():
+            if e.shard == shard and e.dsn.host == host and e.dsn.port == port and not e.up:
+                return ShardUnavailable(
+                    f'shard "{shard}" is down ({role} {host}:{port}): '
+                    f"{e.last_error or 'it does not answer'}",
+                    hint=f"shardwire checks it every {self.health.interval:g}s and sends "
+                         "statements to it again as soon as it answers",
+                    sqlstate="08006")
+        return None
+
+    # ------------------------------------------------------------------ admin
+    async def pause(self, shards: list[str]) -> list[tuple[str, str, int]]:
+        """PAUSE: new statements for `shards` wait; returns once the statements and
+        transactions running there have finished (or after pool.shutdown_timeout)."""
+        self.paused.update(shards)
+        for pool in list(self.pools.values()):
+            if pool.target.shard in shards:
+                pool.pause()
+        deadline = time.monotonic() + self.config.pool.shutdown_timeout
+        for _ in iter(lambda: self._active(shards) and time.monotonic() < deadline, False):
+            await asyncio.sleep(0.02)  # polled: connections come back from many places
+        log.info("paused %s", ", ".join(shards))
+        return [(s, "paused", self._active([s])) for s in shards]
+
+    def resume(self, shards: list[str]) -> list[tuple[str, str, int]]:
+        self.paused.difference_update(shards)
+        for pool in list(self.pools.values()):
+            if pool.target.shard in shards:
+                pool.resume()
+        log.info("resumed %s", ", ".join(shards))
+        return [(s, "running", self._active([s])) for s in shards]
+
+    def _active(self, shards: list[str]) -> int:
+        return sum(p.active for p in list(self.pools.values()) if p.target.shard in shards)
 
     def _pool(self, shard: str, role: str, dsn: Dsn, user: str) -> Pool:
         key = (shard, role, user, dsn.host, dsn.port)
@@ -270,7 +415,11 @@ class Proxy:
                         size=pc.size, connect_timeout=pc.connect_timeout,
                         checkout_timeout=pc.checkout_timeout,
                         idle_timeout=pc.idle_timeout or float("inf"),
-                        lifetime=pc.server_lifetime or float("inf"))
+                        lifetime=pc.server_lifetime or float("inf"),
+                        on_unreachable=self._unreachable)
+            pool.set_down(self._down_error(shard, role, dsn.host, dsn.port))
+            if shard in self.paused:
+                pool.pause()
             self.pools[key] = pool
         return pool
 
@@ -287,7 +436,7 @@ class Proxy:
             new = load_config(self.config_path)
             changes = plan_reload(self.config, new, two_phase=self.two_phase)
             ssl_context = make_ssl_context(changes.config)
-            planner = Planner(changes.config) if changes.config.tables else None
+            planner = self._planner(changes.config)
         except ConfigError as exc:
             self.stats.reloads["error"] += 1
             self.last_reload = f"error: {exc}"
@@ -309,6 +458,13 @@ class Proxy:
         log.info("topology reload (%s): version %d: %s", why, self.topology_version, text)
         return True, self.last_reload
 
+    def _planner(self, config: Config) -> Planner | None:
+        """The statement router for `config`; None when it lists no table (every statement
+        then goes to the default shard at no planning cost)."""
+        if not config.tables:
+            return None
+        return Planner(config, observe=self.stats.hotkeys.record)
+
     def _switch(self, config: Config, planner: Planner | None,
                 ssl_context: ssl.SSLContext | None) -> None:
         """Make `config` the running topology: one step on the event loop, so no statement
@@ -318,6 +474,11 @@ class Proxy:
         self.planner = planner
         self.ssl_context = ssl_context
         self.max_groups = config.merge.max_groups
+        self.health.update(config.shards)
+        self.paused &= set(config.shard_names)
+        self._set_replica_reads(config)
+        if config.sharding.buckets != self.stats.hotkeys.buckets:
+            self.stats.hotkeys.resize(config.sharding.buckets)
         self.topology_version += 1
         pc = config.pool
         for key, pool in list(self.pools.items()):
@@ -345,7 +506,7 @@ class Proxy:
             spec = cfg.shard(shard)
         except KeyError:
             return None
-        hosts = [spec.primary] if role == "primary" else list(spec.replicas)
+        hosts = [self.primary_dsn(shard)] if role == "primary" else list(spec.replicas)
         dsn = next((d for d in hosts if d.host == host and d.port == port), None)
         if dsn is None:
             return None

@@ -171,6 +171,13 @@ async def _two_phase_commit(session: ClientSession, conns: list[ServerConnection
     participant was rolled back), or None."""
     proxy = session.proxy
     default = proxy.config.default_shard
+    problem = await proxy.hold_run_lock()  # before any PREPARE: see twophase.py
+    if problem is not None:
+        await _rollback_all(conns, [])
+        return m.error_response(
+            "ERROR", "08006", "cannot commit a transaction that wrote on several shards: "
+            f"{problem}", hint="the default shard keeps the two-phase commit log; the "
+            "transaction was rolled back everywhere")
     key = twophase.new_key(proxy.instance, proxy.boot)
     for server in conns:
         if server not in writers:
@@ -195,6 +202,8 @@ async def _two_phase_commit(session: ClientSession, conns: list[ServerConnection
                                     "its part of the transaction at PREPARE")
         prepared.append(server)
     _crash_point("after_prepare")
+    if os.environ.get("SHARDWIRE_TEST_CRASH") == "hang_after_prepare":
+        await asyncio.sleep(3600)  # fault injection: alive, in doubt, holding its run lock
     if first is None:
         error = await _record_decision(session, key)
         if error is not None:

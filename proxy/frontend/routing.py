@@ -70,3 +70,31 @@ def in_order(rows_of: tuple[tuple[int, ...], ...]) -> object:
         return [row for _, row in placed]
 
     return combine
+
+
+_READ_HEADS = ("SELECT", "WITH", "SHOW", "VALUES", "TABLE", "FETCH", "EXPLAI")
+
+
+def is_read(sql: str) -> bool:
+    """Whether a statement reads only, judged by its first word: the `operation` label of
+    the request metrics (a WITH holding a data-modifying statement counts as a read here;
+    the planner, not this, decides where statements run)."""
+    return sql[:24].lstrip()[:6].upper().startswith(_READ_HEADS)
+
+
+_READ_START = re.compile(r"\s*(?:(?:/\*.*?\*/|--[^\n]*\n)\s*)*(?:select|with|values|table)\b",
+                         re.IGNORECASE | re.DOTALL)
+_WRITES = re.compile(
+    r"\b(?:insert|update|delete|merge|into|for\s+(?:no\s+key\s+)?update|for\s+(?:key\s+)?share"
+    r"|nextval|setval|pg_advisory\w*|lo_\w+|txid_current|pg_current_xact_id\w*|set_config"
+    r"|pg_notify|pg_try_advisory\w*)\b|;\s*\S|\brole\s*:\s*primary\b",
+    re.IGNORECASE)
+
+
+def replica_safe(sql: str) -> bool:
+    """Whether a statement may run on a read replica: one SELECT (or WITH / VALUES / TABLE)
+    that neither locks rows, nor writes through INTO or a data-modifying WITH, nor calls a
+    function known to write (nextval, advisory locks, ...), and carries no
+    ``/* role: primary */`` hint. Errs towards the primary: a word like "update" inside a
+    string literal sends the statement to the primary too."""
+    return _READ_START.match(sql) is not None and _WRITES.search(sql) is None

@@ -21,6 +21,7 @@ import struct
 import weakref
 from collections import deque
 from collections.abc import Callable, Coroutine
+from time import monotonic, perf_counter
 from typing import TYPE_CHECKING, Any
 
 from proxy.backend.connection import ServerConnection
@@ -30,6 +31,7 @@ from proxy.frontend.routing import (
     FLOATING_SOURCES,
     FLOATING_TYPES,
     ends_transaction,
+    is_read,
     txn_verb,
 )
 from proxy.frontend.settings import (
@@ -53,6 +55,7 @@ if TYPE_CHECKING:
     from proxy.server import Proxy
     from proxy.sql.planner import PreparedPlan
     from proxy.sql.route import Route
+    from proxy.stats.histogram import Histogram
 
 log = logging.getLogger("shardwire.session")
 
@@ -83,6 +86,11 @@ _DESCRIBE_END = frozenset({m.ROW_DESCRIPTION, m.NO_DATA})
 _COPY_MESSAGES = frozenset({m.COPY_DATA, m.COPY_DONE, m.COPY_FAIL})
 # Statements about shardwire's own settings: answered by the session, never sent on.
 _LOCAL_TYPES = frozenset({"shardwire_set", "shardwire_show"})
+# Statements that are no write for read_your_writes, though not for replicas either.
+_NOT_WRITES = re.compile(
+    r"\s*(?:(?:/\*.*?\*/|--[^\n]*\n)\s*)*(?:select|with|values|table|show|set|reset|begin|start"
+    r"|commit|end|rollback|abort|savepoint|release|discard|deallocate|prepare|execute"
+    r"|listen|unlisten|fetch|close|declare|explain)\b", re.IGNORECASE | re.DOTALL)
 _VALID_FRONTEND = frozenset({
     m.QUERY, m.PARSE, m.BIND, m.DESCRIBE, m.EXECUTE, m.CLOSE, m.SYNC, m.FLUSH, m.TERMINATE,
     m.COPY_DATA, m.COPY_DONE, m.COPY_FAIL, m.FUNCTION_CALL,
@@ -113,13 +121,17 @@ class BeginProbe:
 
 
 class Entry:
-    """One expected response group; `data` is kind-specific (payload, changes, undo)."""
+    """One expected response group; `data` is kind-specific (payload, changes, undo).
+    A client's Query or Execute also carries the latency histogram it counts in (`h`) and
+    when it was sent (`t`)."""
 
-    __slots__ = ("data", "kind")
+    __slots__ = ("data", "h", "kind", "t")
 
     def __init__(self, kind: int, data: object = None) -> None:
         self.kind = kind
         self.data = data
+        self.h: Histogram | None = None
+        self.t = 0.0
 
 
 class ClientSession:
@@ -191,6 +203,13 @@ class ClientSession:
         # cursors over merged cross-shard results, by client portal (see fanout.merge)
         self.cursors: dict[str, tuple[Any, tuple[str, ...]]] = {}
         self._lookahead: tuple[int, int, str] | None = None  # (region id, Bind, shard)
+        # Per-shard request latency by operation (read | write), see proxy/metrics.py.
+        self.requests = proxy.stats.requests
+        self.bound_read = False  # the statement of the last Bind is a read
+        # Reads on replicas (see _replica_ok): only when some shard has replicas.
+        self.replica_reads = proxy.replica_reads
+        self.want_replica = False  # the statement being routed may run on a replica
+        self.primary_until = 0.0  # read_your_writes: reads stay on primaries until then
 
     # ----------------------------------------------------------------- client -> server
     async def run(self, rest: bytes) -> None:
@@ -331,6 +350,12 @@ class ClientSession:
                         return
                     continue
             server = self.server
+            if self.replica_reads and (mtype == m.QUERY or mtype == m.PARSE
+                                       or mtype == m.BIND):
+                self.want_replica = self._replica_ok(mtype, region, start)
+                if server is not None and self.want_replica != (server.role == "replica"):
+                    shard = shard or server.shard  # the same shard, the other role
+                    server = None
             if server is None or (shard is not None and shard != server.shard):
                 if server is None and self.answer_locally(mtype, region, start, end):
                     continue
@@ -344,6 +369,33 @@ class ClientSession:
             self.forward(mtype, region, start, end)
         self.flush()
 
+    def _replica_ok(self, mtype: int, region: bytes, start: int) -> bool:
+        """Whether the Query, Parse or Bind at `start` may go to a replica: a read-only
+        statement (proxy.read_only) outside a transaction, or in one begun READ ONLY; not
+        within `reads.read_your_writes` of this client's last write; no role hint."""
+        if self.in_transaction():
+            if self.deferred_begin:
+                begin = (self.begin_sql or "").upper()
+                return "READ ONLY" in begin and "READ WRITE" not in begin
+            server = self.server
+            return server is not None and server.role == "replica"
+        if mtype == m.BIND:
+            name, _ = m.read_cstr(region, m.read_cstr(region, start)[1])
+            stmt = self.stmts.get(name)
+            if stmt is None:
+                return False
+            sql = stmt.query
+        elif mtype == m.PARSE:
+            sql, _ = m.read_cstr(region, m.read_cstr(region, start)[1])
+        else:
+            sql, _ = m.read_cstr(region, start)
+        if self.proxy.read_only(sql):
+            return not self.primary_until or monotonic() >= self.primary_until
+        ryw = self.proxy.config.reads.read_your_writes
+        if ryw and not _NOT_WRITES.match(sql):
+            self.primary_until = monotonic() + ryw
+        return False
+
     def adopt_topology(self) -> None:
         """Route with the proxy's current topology (called between transactions only: a
         transaction finishes on the map it began with). Servers kept from retired pools
@@ -355,6 +407,7 @@ class ClientSession:
         self.default_shard = config.default_shard
         names = config.shard_names
         self.reference_shard = names[self.pid % len(names)]
+        self.replica_reads = proxy.replica_reads
         for shard, (server, pool) in list(self.held.items()):
             if pool.closing:
                 if server is self.server:
@@ -516,7 +569,8 @@ class ClientSession:
                 return None
             if self._failed_shard() is not None:
                 return self._failed_shard()
-            self.go_async(fanout.multi_statement(self, sql, region, frames, index))
+            self.go_async(self._scatter(route, fanout.multi_statement(self, sql, region, frames,
+                                                                      index)))
             return None
         merged = None
         if route.needs_merge:
@@ -536,10 +590,21 @@ class ClientSession:
         if self._failed_shard() is not None:
             return self._failed_shard()  # Postgres answers 25P02 there
         if merged is not None:
-            self.go_async(fanout.merge(self, route, merged, sql, region, frames, index, simple))
+            self.go_async(self._scatter(route, fanout.merge(self, route, merged, sql, region,
+                                                            frames, index, simple)))
             return None
-        self.go_async(fanout.statement(self, route, sql, region, frames, index, simple))
+        self.go_async(self._scatter(route, fanout.statement(self, route, sql, region, frames,
+                                                            index, simple)))
         return None
+
+    async def _scatter(self, route: Route, run: Coroutine[Any, Any, None]) -> None:
+        """Run a statement on several shards, counting it for each shard in the metrics."""
+        start = perf_counter()
+        try:
+            await run
+        finally:
+            self.proxy.stats.scattered(route.shards, not route.is_write,
+                                       perf_counter() - start)
 
     def _cursor_frame(self, mtype: int, region: bytes, start: int, end: int,
                       frames: list[Frame], index: int) -> bool:
@@ -730,7 +795,8 @@ class ClientSession:
         `self.server` now; False when refused or when a task or a drain takes over."""
         server = self.server
         if server is not None:
-            if server.shard == shard:
+            if server.shard == shard and (not self.replica_reads
+                                          or self.want_replica == (server.role == "replica")):
                 return True
             if not self._drained(region, frames, index):
                 return False
@@ -745,7 +811,11 @@ class ClientSession:
         if held is not None:
             self.attach(*held)
             return True
-        pool = self.proxy.pool_for(shard, self.user)
+        pool = None
+        if self.want_replica:
+            pool = self.proxy.replica_pool(shard, self.user, self.pid)
+        if pool is None:
+            pool = self.proxy.pool_for(shard, self.user)
         conn = pool.try_acquire()
         if conn is None:
             self.flush()
@@ -934,7 +1004,10 @@ class ClientSession:
                     restore = {t for t in map(reset_target, parts) if t is not None}
             self.out.append(region[start - 5:end])
             server.unnamed = None  # Postgres drops the unnamed statement on a simple Query
-            queue.append(Entry(K_QUERY, changes))
+            entry = Entry(K_QUERY, changes)
+            entry.h = self.requests.labels(server.shard, "read" if is_read(sql) else "write")
+            entry.t = perf_counter()
+            queue.append(entry)
             if restore:
                 self._restore(restore)
         elif mtype == m.BIND:
@@ -946,6 +1019,7 @@ class ClientSession:
             if stmt is None:
                 self.out.append(region[start - 5:end])  # Postgres reports the missing statement
             else:
+                self.bound_read = stmt.read
                 server_name = self.ensure_prepared(name, stmt)
                 self.out.append(m.message(m.BIND, m.cstr(portal) + m.cstr(server_name)
                                           + region[pos:end]))
@@ -970,7 +1044,11 @@ class ClientSession:
                 target = self.portal_resets.get(portal)
                 if target is not None:
                     self.resets.add(target)
-            queue.append(Entry(K_EXECUTE, change))
+            entry = Entry(K_EXECUTE, change)
+            entry.h = self.requests.labels(server.shard,
+                                           "read" if self.bound_read else "write")
+            entry.t = perf_counter()
+            queue.append(entry)
         elif mtype == m.SYNC:
             self.batch_open = self.batch_executed = False
             self.skipping = False  # a Sync ends the skip after an error (as in Postgres)
@@ -1209,7 +1287,9 @@ class ClientSession:
                 and queue[0].data is None and not self.pending and not self.savepoints
                 and not self.failed and self._plain_answer(region, frames)):
             # Fast path: the whole answer to one plain simple query, nothing to track.
-            queue.clear()
+            entry = queue.popleft()
+            if entry.h is not None:
+                entry.h.observe(perf_counter() - entry.t)
             status = server.status = region[frames[-1][1]:frames[-1][1] + 1]
             if status == b"I":
                 self.begin_sql = None
@@ -1320,12 +1400,16 @@ class ClientSession:
                             self._stale_plan(entry.data, region[start:end])  # type: ignore[arg-type]
                         self._undo(entry)
                         queue.popleft()
+                        if entry.h is not None:
+                            entry.h.observe(perf_counter() - entry.t)
                     self._drop_until_sync()
             elif kind == K_QUERY or kind == K_SYNC:
                 if mtype == m.READY_FOR_QUERY:
                     status = region[start:start + 1]
                     server.status = status
                     queue.popleft()
+                    if entry.h is not None:  # type: ignore[union-attr]
+                        entry.h.observe(perf_counter() - entry.t)  # type: ignore[union-attr]
                     if status == b"I":
                         if not self.deferred_begin:
                             self.begin_sql = None
@@ -1353,6 +1437,8 @@ class ClientSession:
                             region[start:end - 1],
                             deque((change,)) if change is not None else None)
                     queue.popleft()
+                    if entry.h is not None:  # type: ignore[union-attr]
+                        entry.h.observe(perf_counter() - entry.t)  # type: ignore[union-attr]
             elif kind == K_ONE:
                 queue.popleft()
             elif kind == K_DESCRIBE:

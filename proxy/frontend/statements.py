@@ -13,6 +13,7 @@ import re
 import struct
 from dataclasses import dataclass
 
+from proxy.frontend.routing import is_read
 from proxy.frontend.settings import (
     Savepoint,
     SettingChange,
@@ -33,6 +34,7 @@ class Statement:
     session_feature: str | None  # a session-scoped feature it uses, if any
     reset: str | None = None  # the setting it RESETs ("" for all), see settings.reset_target
     param_types: tuple[int, ...] = ()  # parameter type OIDs the client declared (0: unspecified)
+    read: bool = False  # a read (SELECT, SHOW, ...): labels its requests in the metrics
 
 
 class StatementCache:
@@ -53,7 +55,7 @@ class StatementCache:
             server_name = f"sw_{digest}"
             stmt = Statement(server_name, cstr(server_name) + key, query, parse_tracked(query),
                              session_only_feature(query), reset_target(query),
-                            _param_types(body, end))
+                             _param_types(body, end), is_read(query))
             if self.capacity <= 0:
                 return name, stmt
             if len(self._items) >= self.capacity:

@@ -200,8 +200,14 @@ class DmlTemplate:
         q = self.quick
         if q is None or kv.kind == "null" or kv.kind == "unknown":
             return None
-        bucket = q[0].bucket(kv)
-        return None if bucket is None else q[0].shard_of_atom(bucket)
+        dist = q[0]
+        bucket = dist.bucket(kv)
+        if bucket is None:
+            return None
+        shard = dist.shard_of_atom(bucket)
+        if dist.observe is not None and shard is not None:
+            dist.observe(shard, bucket, kv.value)
+        return shard
 
     def route(self, b: Binding) -> Route:
         if self._simple:

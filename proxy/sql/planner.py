@@ -32,7 +32,14 @@ from proxy.sql.params import decode_param, param_oid
 from proxy.sql.rewrite import InsertRows, insert_rows, split_insert
 from proxy.sql.route import Route
 from proxy.sql.values import Binding
-from proxy.topology.router import KeyValue, Router, describe_value, hash_probe, python_key_value
+from proxy.topology.router import (
+    KeyObserver,
+    KeyValue,
+    Router,
+    describe_value,
+    hash_probe,
+    python_key_value,
+)
 
 __all__ = ["Planner", "PreparedPlan"]
 
@@ -248,13 +255,16 @@ class Planner:
     """
 
     def __init__(self, config: Config, *, key_types: Mapping[str, str] | None = None,
-                 capacity: int = 4096, template_capacity: int = 4096) -> None:
+                 capacity: int = 4096, template_capacity: int = 4096,
+                 observe: KeyObserver | None = None) -> None:
         self.config = config
         merged = {name: t.key_type for name, t in config.tables.items() if t.key_type}
         for name, type_name in (key_types or {}).items():
             merged[qualify_table_name(name)] = type_name
         self.key_types: dict[str, str] = merged
-        self.router = Router(config, merged)
+        # `observe(shard, bucket, key)` hears every statement the quick paths route by a
+        # shard-key value (hot-key detection; see proxy/stats/hotkeys.py)
+        self.router = Router(config, merged, observe=observe)
         self.compiler = Compiler(self.router, config.unparsed, template_capacity)
         self.capacity = capacity
         self._plans: OrderedDict[str, PreparedPlan] = OrderedDict()

@@ -173,6 +173,10 @@ def _text_of(kv: KeyValue) -> str | None:
     return None
 
 
+# Told of each statement routed by a key value on a hot path: (shard, bucket or None, key).
+KeyObserver = Callable[[str, "int | None", object], None]
+
+
 class Dist:
     """How one sharded table maps key values to atoms and atoms to shards."""
 
@@ -188,12 +192,15 @@ class Dist:
         "colocation",
         "key",
         "name",
+        "observe",
         "strategy",
         "table",
     )
 
-    def __init__(self, table: Table, config: Config, key_type: str | None) -> None:
+    def __init__(self, table: Table, config: Config, key_type: str | None,
+                 observe: KeyObserver | None = None) -> None:
         self.table = table
+        self.observe = observe
         self.name = table.name
         self.key = table.shard_key or ""
         self.strategy = table.strategy
@@ -298,13 +305,22 @@ class Dist:
         assignment = self.assignment
         buckets = self.buckets
         combine = _COMBINE
+        observe = self.observe
 
         def shard(n: int) -> str | None:
             if not _INT8_MIN <= n <= _INT8_MAX:
                 return None
             return assignment[((hash_int8(n) + combine) & _M64) % buckets]
 
-        return shard
+        def observed(n: int) -> str | None:
+            if not _INT8_MIN <= n <= _INT8_MAX:
+                return None
+            bucket = ((hash_int8(n) + combine) & _M64) % buckets
+            name = assignment[bucket]
+            observe(name, bucket, n)  # type: ignore[misc]
+            return name
+
+        return shard if observe is None else observed
 
     def bucket(self, kv: KeyValue) -> int | None:
         """The bucket of a hash key value; None when the value cannot be hashed."""
@@ -468,7 +484,8 @@ def _bound(value: Any) -> str:
 class Router:
     """Shard-key values to shards for one topology snapshot (immutable once built)."""
 
-    def __init__(self, config: Config, key_types: Mapping[str, str] | None = None) -> None:
+    def __init__(self, config: Config, key_types: Mapping[str, str] | None = None, *,
+                 observe: KeyObserver | None = None) -> None:
         self.config = config
         self.shards: tuple[str, ...] = config.shard_names
         self.order = {name: i for i, name in enumerate(self.shards)}
@@ -484,7 +501,7 @@ class Router:
             if table.is_reference:
                 continue
             key_type = overrides.get(name) or table.key_type
-            self.dists[name] = Dist(table, config, key_type)
+            self.dists[name] = Dist(table, config, key_type, observe)
         self.schemas = frozenset(name.split(".", 1)[0] for name in config.tables)
         # bare table names (last part), for the cheap "does this text name a table" check
         self.bare_names: dict[str, list[str]] = {}

@@ -31,7 +31,10 @@ def dedicated_shard(pg_factory: Callable[..., LocalPostgres], name: str) -> Loca
 
 
 def _activity_filter(user: str | None) -> tuple[str, tuple[str, ...]]:
-    where = "datname = 'app' AND backend_type = 'client backend'"
+    # the proxy's own connections (health checks, its two-phase commit run lock) are not
+    # server connections of the pools
+    where = ("datname = 'app' AND backend_type = 'client backend' "
+             "AND application_name NOT LIKE 'shardwire %%'")
     if user is None:
         return where, ()
     return where + " AND usename = %s", (user,)

@@ -13,7 +13,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.localpg import LocalPostgres
 from tests.integration.conftest import ProxyFactory, RunningProxy
-from tests.integration.test_routing_helpers import direct, drop_everywhere, routed_proxy, via
+from tests.integration.test_routing_helpers import (
+    direct,
+    drop_everywhere,
+    pick_keys,
+    routed_proxy,
+    via,
+)
 
 T = "mx_items"
 
@@ -70,3 +76,46 @@ def test_metrics_after_a_known_workload(routed: RunningProxy) -> None:
                 (("role", "primary"), ("shard", "s0"), ("state", state))) in got
     assert got[("shardwire_topology_version", ())] == 1
     assert scrape(routed, "/nothing")[0] == 404
+
+
+def requests(got: dict[tuple[str, tuple[tuple[str, str], ...]], float], shard: str,
+             op: str) -> float:
+    return got.get(("shardwire_shard_requests_total",
+                    (("operation", op), ("shard", shard))), 0.0)
+
+
+def test_requests_per_shard_after_a_known_workload(
+        routed: RunningProxy, shard_clusters: list[LocalPostgres]) -> None:
+    """Counts per shard and operation are exact; latency histograms count the same
+    requests; a scatter counts once per shard it reached."""
+    with direct(shard_clusters[0]) as conn:
+        keys0 = pick_keys(conn, "s0", 3, 1000)
+        keys1 = pick_keys(conn, "s1", 4, 1000)
+    with via(routed) as conn:
+        for k in keys0 + keys1:
+            conn.execute(f"INSERT INTO {T} (id, v) VALUES (%s, 0)", (k,))
+        before = samples(scrape(routed, "/metrics")[1])
+        for _ in range(5):
+            for k in keys0:  # extended protocol: counted at Execute
+                conn.execute(f"SELECT v FROM {T} WHERE id = %s", (k,))
+            for k in keys1:  # simple protocol: counted at Query
+                conn.execute(f"SELECT v FROM {T} WHERE id = {k}", prepare=False)
+        conn.execute(f"UPDATE {T} SET v = v + 1 WHERE id = %s", (keys1[0],))
+        conn.execute(f"SELECT id FROM {T} ORDER BY id")  # a scatter over both shards
+    after = samples(scrape(routed, "/metrics")[1])
+
+    def delta(shard: str, op: str) -> float:
+        return requests(after, shard, op) - requests(before, shard, op)
+
+    assert delta("s0", "read") == 5 * len(keys0) + 1
+    assert delta("s1", "read") == 5 * len(keys1) + 1
+    assert (delta("s0", "write"), delta("s1", "write")) == (0, 1)
+    for shard in ("s0", "s1"):
+        for op in ("read", "write"):
+            count = ("shardwire_shard_request_duration_seconds_count",
+                     (("operation", op), ("shard", shard)))
+            assert after.get(count, 0) == requests(after, shard, op)
+    inf = ("shardwire_scatter_gather_shards_bucket", (("le", "+Inf"),))
+    two = ("shardwire_scatter_gather_shards_bucket", (("le", "2.0"),))
+    assert after[inf] - before.get(inf, 0) >= 1
+    assert after[two] - after[("shardwire_scatter_gather_shards_bucket", (("le", "1.0"),))] >= 1

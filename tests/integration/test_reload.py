@@ -208,3 +208,51 @@ def _run_reloads(running: RunningProxy, clusters: list[LocalPostgres], cm: Confi
     log = running.log()
     assert "s9" in log and "refused" in log, log[-3000:]
     assert "Traceback" not in log, log[-3000:]
+
+
+def test_invalid_at_start_waits_with_health_503(shard_clusters: list[LocalPostgres],
+                                                tmp_path: Path) -> None:
+    """`serve --wait-for-valid-config` on a broken file: /health says 503 and why; once
+    the file is fixed the proxy starts serving, with /health 200."""
+    import subprocess
+    import sys
+    import urllib.error
+
+    from tests.integration.conftest import ROOT, wait_for_port
+
+    topo = base_topology(shard_clusters)
+    broken = dict(topo, default_shard="nowhere")
+    path = tmp_path / "topology.yaml"
+    path.write_text(yaml.safe_dump(broken, sort_keys=False))
+    log_path = tmp_path / "waiting.log"
+    metrics = topo["metrics"]
+    url = f"http://{metrics['host']}:{metrics['port']}/health"
+
+    def health() -> tuple[int, str] | None:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+        except OSError:
+            return None
+
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "proxy", "serve", "--wait-for-valid-config", "--config",
+             str(path)], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    running = RunningProxy(topo["listen"]["host"], topo["listen"]["port"], path, process,
+                           log_path, topo)
+    try:
+        wait_for(lambda: health() is not None, "/health to answer")
+        status, body = health()  # type: ignore[misc]
+        assert status == 503 and "default_shard" in body and "nowhere" in body, body
+        assert process.poll() is None
+        path.write_text(yaml.safe_dump(topo, sort_keys=False))
+        wait_for_port(running.host, running.port, process, log_path)
+        wait_for(lambda: health() == (200, "ok\n"), "/health 200 once serving")
+        with psycopg.connect(running.dsn(), connect_timeout=5) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        running.stop()

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -348,3 +349,52 @@ def test_a_multi_statement_query_over_two_shards_is_one_transaction(
         assert prepared(shard_clusters) == {"s0": [], "s1": []}
     finally:
         proxy.stop(signal.SIGTERM)
+
+
+def test_recovery_leaves_a_live_peers_transactions_alone(
+        setup: tuple[Path, dict[str, list[int]]], shard_clusters: list[LocalPostgres]) -> None:
+    """Replicas of one Deployment share their instance name: a proxy starting next to a
+    live one must not resolve the live one's in-doubt transactions (its run lock is held);
+    once that proxy is dead, the next recovery resolves them."""
+    workdir, keys = setup
+    alive = _proxy(workdir, shard_clusters, "alive", crash="hang_after_prepare")
+    a, b = keys["s0"].pop(), keys["s1"].pop()
+    worker = threading.Thread(target=lambda: _swallow(transfer, alive, a, b, 3101, 3102),
+                              daemon=True)
+    worker.start()
+    deadline = time.monotonic() + 20
+    while sum(len(v) for v in prepared(shard_clusters).values()) < 2:
+        assert time.monotonic() < deadline, "the transfer never prepared"
+        time.sleep(0.05)
+    in_doubt = prepared(shard_clusters)
+    peer = _proxy(workdir, shard_clusters, "peer")
+    try:
+        _wait_ready(peer)
+        assert prepared(shard_clusters) == in_doubt  # untouched: its owner is alive
+        assert "recovered in-doubt transaction" not in peer.log()
+    finally:
+        peer.stop(signal.SIGTERM)
+    alive.stop(signal.SIGKILL)  # now the run is over: its lock went with its connections
+    worker.join(10)
+    after = _proxy(workdir, shard_clusters, "after")
+    try:
+        _wait_ready(after)
+        assert prepared(shard_clusters) == {"s0": [], "s1": []}
+        assert (balance(shard_clusters, "s0", a), balance(shard_clusters, "s1", b)) == (
+            None, None)  # no decision: rolled back
+    finally:
+        after.stop(signal.SIGTERM)
+
+
+def _swallow(fn: Any, *args: Any) -> None:
+    try:
+        fn(*args)
+    except psycopg.Error:
+        pass  # the proxy serving it is killed
+
+
+def _wait_ready(proxy: RunningProxy) -> None:
+    deadline = time.monotonic() + 20  # recovery runs in the background at start
+    while "two-phase commit ready" not in proxy.log():
+        assert time.monotonic() < deadline, proxy.log()[-2000:]
+        time.sleep(0.05)
