@@ -60,6 +60,30 @@ if ! command -v make >/dev/null 2>&1; then
     apt_install make
 fi
 
+# promtool (from Debian's prometheus package) checks deploy/prometheus/ in
+# tests/integration/test_deploy.py. Only the binary is wanted: a temporary policy-rc.d
+# (unless one exists) keeps the package's postinst from starting a prometheus daemon
+# (invoke-rc.d / deb-systemd-invoke honour it), and where systemd runs, the unit the
+# postinst enabled is disabled again.
+if ! command -v promtool >/dev/null 2>&1; then
+    echo "--- promtool not found; installing prometheus with apt-get"
+    policy_rc_d=/usr/sbin/policy-rc.d
+    if [ -e "$policy_rc_d" ]; then
+        apt_install prometheus
+    else
+        trap '"${SUDO[@]}" rm -f "$policy_rc_d"' EXIT
+        printf '#!/bin/sh\nexit 101\n' | "${SUDO[@]}" tee "$policy_rc_d" >/dev/null
+        "${SUDO[@]}" chmod 755 "$policy_rc_d"
+        apt_install prometheus
+        "${SUDO[@]}" rm -f "$policy_rc_d"
+        trap - EXIT
+    fi
+    if [ -d /run/systemd/system ]; then
+        "${SUDO[@]}" systemctl disable prometheus.service >/dev/null 2>&1 || true
+    fi
+    command -v promtool >/dev/null 2>&1
+fi
+
 if [ ! -x .venv/bin/python ]; then
     check_dir=$(mktemp -d)
     if ! python3 -m venv "$check_dir/venv" >/dev/null 2>&1; then
@@ -70,3 +94,4 @@ if [ ! -x .venv/bin/python ]; then
 fi
 
 echo "postgres bindir: $pg_bindir"
+echo "promtool: $(command -v promtool)"
