@@ -101,9 +101,12 @@ def show_clients(proxy: Proxy, _arg: str) -> bytes:
     rows = []
     for pid, s in sorted(list(proxy.sessions.items())):
         held = ",".join(sorted(s.held))
-        rows.append((pid, s.user, s.client_status().decode(), held or None, len(s.stmts)))
+        state = "waiting" if s._busy else "active" if s.queue else "idle"
+        rows.append((pid, s.user, s.client_status().decode(), held or None, len(s.stmts),
+                     state, len(s.queue)))
     return _result([("pid", _INT8), ("user", _TEXT), ("status", _TEXT),
-                    ("shards_held", _TEXT), ("prepared", _INT8)], rows)
+                    ("shards_held", _TEXT), ("prepared", _INT8), ("state", _TEXT),
+                    ("queued", _INT8)], rows)
 
 
 def show_servers(proxy: Proxy, _arg: str) -> bytes:

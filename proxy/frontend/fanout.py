@@ -390,7 +390,11 @@ async def _borrow(session: ClientSession, shards: Sequence[str]) -> Held:
     for shard in shards:
         held = session.held.get(shard)
         if held is None:
-            pool = session.proxy.pool_for(shard, session.user)
+            pool = None
+            if session.want_replica and not session.in_transaction():  # a read: a replica
+                pool = session.proxy.replica_pool(shard, session.user, session.pid)
+            if pool is None:
+                pool = session.proxy.pool_for(shard, session.user)
             while True:
                 server = await pool.acquire()
                 if not server.closed:

@@ -341,8 +341,10 @@ class ClientSession:
                     return
                 continue
             shard: str | None = None
-            if planner is not None and (mtype == m.QUERY or mtype == m.PARSE
-                                        or mtype == m.BIND):
+            statement = mtype == m.QUERY or mtype == m.PARSE or mtype == m.BIND
+            if statement and self.replica_reads:  # before target(): a scatter needs it too
+                self.want_replica = self._replica_ok(mtype, region, start)
+            if planner is not None and statement:
                 shard = self.target(mtype, region, start, end, frames, index)
                 if shard is None:  # answered here, refused, or handed to a task
                     if self._busy:
@@ -350,9 +352,7 @@ class ClientSession:
                         return
                     continue
             server = self.server
-            if self.replica_reads and (mtype == m.QUERY or mtype == m.PARSE
-                                       or mtype == m.BIND):
-                self.want_replica = self._replica_ok(mtype, region, start)
+            if statement and self.replica_reads:
                 if server is not None and self.want_replica != (server.role == "replica"):
                     shard = shard or server.shard  # the same shard, the other role
                     server = None

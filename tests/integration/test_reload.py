@@ -256,3 +256,57 @@ def test_invalid_at_start_waits_with_health_503(shard_clusters: list[LocalPostgr
             assert conn.execute("SELECT 1").fetchone() == (1,)
     finally:
         running.stop()
+
+
+def test_reload_keeps_running_transactions_and_unchanged_pools(
+        clusters: list[LocalPostgres], tmp_path: Path) -> None:
+    """A transaction finishes on the map it began with; pools of unchanged shards keep their
+    server connections; a removed shard's pool is drained and its connections closed."""
+    from tests.integration.test_routing_helpers import pick_keys
+
+    base = base_topology(clusters[:2], admin=ADMIN)
+    first = topology(clusters, base, size=4, reference=False, third=True)
+    running = start_proxy(tmp_path, first, name="maps")
+    ports = {f"s{i}": c.port for i, c in enumerate(clusters)}
+    try:
+        with direct(clusters[0]) as conn:
+            key = pick_keys(conn, "s0", 1, 7000)[0]
+        admin = psycopg.connect(running.dsn(dbname="shardwire"), autocommit=True)
+        client = psycopg.connect(running.dsn(), autocommit=True)
+        where = f"/* shard_key: {key} */ SELECT inet_server_port()"
+        assert client.execute(where).fetchone() == (ports["s0"],)
+        assert client.execute("/* shard: s2 */ SELECT 1").fetchone() == (1,)
+
+        def servers(shard: str) -> set[int]:
+            return {int(r[4]) for r in admin.execute("SHOW SERVERS").fetchall()
+                    if r[0] == shard}
+
+        before = servers("s0")
+        assert before and servers("s2")
+        client.execute("BEGIN")
+        assert client.execute(where).fetchone() == (ports["s0"],)
+        # every bucket to s1, s2 gone
+        second = topology(clusters, base, size=4, reference=False, third=False)
+        second["sharding"] = {"buckets": 64, "assignment": {"s1": "0-63"}}
+        running.config_path.write_text(yaml.safe_dump(second, sort_keys=False))
+        result = admin.execute("RELOAD").fetchone()
+        assert result is not None and "shards removed: s2" in str(
+            admin.execute("SHOW TOPOLOGY").fetchall()[0]) + str(result)
+        # the running transaction still routes with the old map ...
+        assert client.execute(where).fetchone() == (ports["s0"],)
+        client.execute("COMMIT")
+        # ... the next one with the new
+        assert client.execute(where).fetchone() == (ports["s1"],)
+        assert before <= servers("s0")  # s0 is unchanged: its connections stayed
+        assert not [r for r in admin.execute("SHOW POOLS").fetchall() if r[0] == "s2"]
+        wait_for(lambda: not _app_backends(clusters[2]), "s2's connections to close")
+        client.close()
+        admin.close()
+    finally:
+        running.stop()
+
+
+def _app_backends(cluster: LocalPostgres) -> list[tuple[Any, ...]]:
+    with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as conn:
+        return conn.execute("SELECT pid, application_name FROM pg_stat_activity WHERE "
+                            "datname = 'app' AND backend_type = 'client backend'").fetchall()

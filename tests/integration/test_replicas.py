@@ -145,6 +145,34 @@ def test_lag_beyond_the_limit_sends_reads_to_the_primary(
         assert (lag_metric(proxy) or 0) <= 0.5
 
 
+def test_scatter_reads_use_replicas_too(pair: tuple[LocalPostgres, LocalPostgres],
+                                       pg_factory: Any,
+                                       tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A read run on every shard takes each shard's replica where it has one."""
+    primary, replica = pair
+    other = pg_factory("rp_other", auth="scram-sha-256", superuser_password="postgres")
+    other.create_database("app")
+    topo = base_topology([primary, other])
+    topo["shards"] = [{"name": "s0", "primary": primary.dsn("app"),
+                       "replicas": [replica.dsn("app")]},
+                      {"name": "s1", "primary": other.dsn("app")}]
+    topo["tables"] = {T: {"shard_key": "id"}}  # a planner, to read the hint
+    topo["health"] = {"check_interval": "100ms"}
+    running = start_proxy(tmp_path_factory.mktemp("scatter"), topo, name="scatter")
+    try:
+        with fresh(running) as conn:
+            def spread() -> list[tuple[Any, ...]]:
+                return conn.execute("/* shard: all */ SELECT pg_is_in_recovery(), "
+                                    "inet_server_port()").fetchall()
+            wait_until(lambda: (True, replica.port) in spread(), "the scatter to use s0's replica")
+            assert sorted(spread()) == [(False, other.port), (True, replica.port)]
+            with conn.transaction():  # inside a transaction: primaries only
+                assert sorted(spread()) == sorted([(False, other.port), (False, primary.port)])
+        assert_clean_log(running)
+    finally:
+        running.stop()
+
+
 def test_failover_writes_follow_the_promoted_replica(
         proxy: RunningProxy, pair: tuple[LocalPostgres, LocalPostgres]) -> None:
     """Patroni-style: the primary goes away, the replica is promoted, the old primary
