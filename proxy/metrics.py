@@ -1,9 +1,11 @@
 """Owns the Prometheus endpoint (``/metrics``) and the health probe (``/health``).
 
 Values are read at scrape time from the proxy's own state and counters (a collector, not
-``Counter.inc`` on the hot path): pools, client sessions, the planner's caches, cross-shard
-statements by kind, two-phase commits and recoveries, errors by SQLSTATE class. Labels are
-bounded sets (shard names, kinds, SQLSTATE classes): never a key value or a query text.
+``Counter.inc`` on the hot path): requests and their latency per shard (plain-int
+histograms, proxy/stats/), pools, client sessions, host health and replica lag, the
+planner's caches, cross-shard statements by kind, two-phase commits and recoveries,
+reloads, errors by SQLSTATE class. Labels are bounded sets (shard names, hosts, kinds,
+SQLSTATE classes): never a key value or a query text.
 
 The HTTP server is the standard library's, in a daemon thread; the collector only takes
 snapshots (``list(...)`` of dicts is atomic under the GIL) of what the event loop updates.
@@ -42,7 +44,7 @@ SCATTER_BOUNDS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128)
 
 
 class Stats:
-    """Counters the proxy bumps where things happen (plain ints: cheap)."""
+    """What the proxy counts where things happen (plain ints and lists: cheap)."""
 
     def __init__(self) -> None:
         # Requests per shard by operation (read | write), with their latency: a Query's or

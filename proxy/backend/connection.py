@@ -21,6 +21,7 @@ from proxy.wire.framing import Frame, Framer
 
 if TYPE_CHECKING:
     from proxy.backend.pool import Pool
+    from proxy.stats.histogram import Histogram
 
 log = logging.getLogger("shardwire.backend")
 
@@ -78,6 +79,9 @@ class ServerConnection(asyncio.Protocol):
         # while any are, the pool parks the connection (`parked`) instead of reusing it.
         self.cancels_in_flight = 0
         self.parked: Pool | None = None
+        # The request-latency histograms (write, read) of this server's shard, looked up
+        # once by the first session that uses it (proxy/frontend/session.py: _hists).
+        self.hists: tuple[Histogram, Histogram] | None = None
         self.created_at = time.monotonic()
         self.last_used = self.created_at
         # While detached: who to pause when the server's socket fills up (a COPY fanned out

@@ -219,21 +219,6 @@ def _error_text(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _decode_row(body: bytes) -> list[str | None]:
-    count = int.from_bytes(body[:2], "big")
-    pos = 2
-    values: list[str | None] = []
-    for _ in range(count):
-        length = int.from_bytes(body[pos:pos + 4], "big", signed=True)
-        pos += 4
-        if length < 0:
-            values.append(None)
-        else:
-            values.append(body[pos:pos + length].decode())
-            pos += length
-    return values
-
-
 # -------------------------------------------------------------------------------- monitor
 
 
@@ -294,7 +279,9 @@ class HealthMonitor:
         return [dsn for lag, dsn in self._replicas.get(shard, ()) if lag <= max_lag]
 
     def endpoints(self) -> list[Endpoint]:
-        return [probe.endpoint for state in self._shards.values() for probe in state.probes]
+        # copies: the metrics thread calls this while the event loop may update
+        return [probe.endpoint for state in list(self._shards.values())
+                for probe in list(state.probes)]
 
     # ------------------------------------------------------------------ topology
     def update(self, shards: Sequence[Shard]) -> None:
@@ -477,7 +464,7 @@ class HealthMonitor:
         error: str | None = None
         for mtype, body in frames:
             if mtype == m.DATA_ROW and row is None:
-                row = _decode_row(body)
+                row = m.decode_data_row(body)
             elif mtype == m.ERROR_RESPONSE and error is None:
                 fields = m.decode_fields(body)
                 error = fields.get("M", "error")

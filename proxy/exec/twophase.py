@@ -33,6 +33,7 @@ import secrets
 import zlib
 
 from proxy.backend.connection import ServerConnection
+from proxy.wire import messages as m
 
 log = logging.getLogger("shardwire.twophase")
 
@@ -97,19 +98,8 @@ async def _query(server: ServerConnection, sql: str) -> tuple[list[list[str | No
     rows: list[list[str | None]] = []
     error = None
     for mtype, body in await server.run_until_ready(sql):
-        if mtype == ord("D"):
-            count = int.from_bytes(body[:2], "big")
-            pos = 2
-            row: list[str | None] = []
-            for _ in range(count):
-                length = int.from_bytes(body[pos:pos + 4], "big", signed=True)
-                pos += 4
-                if length < 0:
-                    row.append(None)
-                else:
-                    row.append(body[pos:pos + length].decode())
-                    pos += length
-            rows.append(row)
+        if mtype == m.DATA_ROW:
+            rows.append(m.decode_data_row(body))
         elif mtype == ord("E") and error is None:
             fields = body.split(b"\x00")
             error = next((f[1:].decode() for f in fields if f[:1] == b"M"), "error")

@@ -853,17 +853,7 @@ class Answer:
 
     def column(self, index: int) -> list[str]:
         """The text values of one column of the rows."""
-        out = []
-        for row in self.rows:
-            pos = 2
-            value = b""
-            for _ in range(index + 1):
-                length = int.from_bytes(row[pos:pos + 4], "big", signed=True)
-                pos += 4
-                value = row[pos:pos + max(length, 0)]
-                pos += max(length, 0)
-            out.append(value.decode())
-        return out
+        return [m.decode_data_row(row)[index] or "" for row in self.rows]
 
 
 async def _run_query(server: ServerConnection, sql: str) -> Answer:

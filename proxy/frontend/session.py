@@ -1005,7 +1005,7 @@ class ClientSession:
             self.out.append(region[start - 5:end])
             server.unnamed = None  # Postgres drops the unnamed statement on a simple Query
             entry = Entry(K_QUERY, changes)
-            entry.h = self.requests.labels(server.shard, "read" if is_read(sql) else "write")
+            entry.h = (server.hists or self._hists(server))[is_read(sql)]
             entry.t = perf_counter()
             queue.append(entry)
             if restore:
@@ -1045,8 +1045,7 @@ class ClientSession:
                 if target is not None:
                     self.resets.add(target)
             entry = Entry(K_EXECUTE, change)
-            entry.h = self.requests.labels(server.shard,
-                                           "read" if self.bound_read else "write")
+            entry.h = (server.hists or self._hists(server))[self.bound_read]
             entry.t = perf_counter()
             queue.append(entry)
         elif mtype == m.SYNC:
@@ -1090,6 +1089,12 @@ class ClientSession:
             queue.append(Entry(K_QUERY))
         else:  # pragma: no cover - filtered by _VALID_FRONTEND
             raise ProtocolViolation(f"unexpected message type {mtype}")
+
+    def _hists(self, server: ServerConnection) -> tuple[Histogram, Histogram]:
+        """The (write, read) latency histograms of `server`'s shard, kept on the server."""
+        server.hists = (self.requests.labels(server.shard, "write"),
+                        self.requests.labels(server.shard, "read"))
+        return server.hists
 
     def _restore(self, targets: set[str]) -> None:
         """After RESET-like statements (a simple Query, or extended ones up to a Sync).

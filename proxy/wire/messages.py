@@ -251,6 +251,22 @@ def decode_fields(body: bytes) -> dict[str, str]:
     return fields
 
 
+def decode_data_row(body: bytes) -> list[str | None]:
+    """A DataRow's values as text (NULL as None): for the proxy's own small queries."""
+    count = int.from_bytes(body[:2], "big")
+    pos = 2
+    values: list[str | None] = []
+    for _ in range(count):
+        length = int.from_bytes(body[pos:pos + 4], "big", signed=True)
+        pos += 4
+        if length < 0:
+            values.append(None)
+        else:
+            values.append(body[pos:pos + length].decode())
+            pos += length
+    return values
+
+
 def decode_parameter_status(body: bytes) -> tuple[str, str]:
     name, pos = read_cstr(body, 0)
     value, _ = read_cstr(body, pos)

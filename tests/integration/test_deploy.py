@@ -572,6 +572,8 @@ def observed(tmp_path_factory: pytest.TempPathFactory,
         topology = base_topology(shard_clusters, sharding={"buckets": 64},
                                  tables={T: {"shard_key": "id"}})
         topology["shards"][0]["replicas"] = [replica.dsn("app")]
+        # this client reads what it just wrote: from the primaries, not the replica
+        topology["reads"] = {"read_your_writes": "1m"}
         running = start_proxy(tmp_path_factory.mktemp("deploy"), topology, name="observed")
         with via(running) as conn:
             for i in range(1, 21):

@@ -7,7 +7,6 @@ import os
 import random
 import signal
 import threading
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.localpg import LocalPostgres
 from tests.integration.conftest import RunningProxy, base_topology, start_proxy
+from tests.integration.test_faults_helpers import wait_until
 from tests.integration.test_routing_helpers import direct, drop_everywhere
 
 T = "rl_items"
@@ -70,15 +70,6 @@ def scrape(running: RunningProxy) -> dict[str, float]:
             label = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
             values[f"{sample.name}{{{label}}}" if label else sample.name] = sample.value
     return values
-
-
-def wait_for(predicate: Any, what: str, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def version(running: RunningProxy) -> int:
@@ -186,15 +177,16 @@ def _run_reloads(running: RunningProxy, clusters: list[LocalPostgres], cm: Confi
                                            "assignment": {"s0": "0-31", "s9": "32-63"}})
                 before = reloads(running, "error")
                 cm.publish(yaml.safe_dump(bad, sort_keys=False))
-                wait_for(lambda b=before: reloads(running, "error") == b + 1,
-                         "the error count")
+                wait_until(lambda b=before: reloads(running, "error") == b + 1, 15,
+                           "the error count")
                 assert version(running) == expected  # the old map stays
                 invalid_seen = True
             cm.publish(yaml.safe_dump(topo, sort_keys=False))
             if step % 10 == 5:  # SIGHUP as well: at most one of the two changes anything
                 running.process.send_signal(signal.SIGHUP)
             expected += 1
-            wait_for(lambda e=expected: version(running) == e, f"topology version {expected}")
+            wait_until(lambda e=expected: version(running) == e, 15,
+                       f"topology version {expected}")
             if step == 10:
                 reference_on.set()
             assert not errors, errors[0]
@@ -245,13 +237,13 @@ def test_invalid_at_start_waits_with_health_503(shard_clusters: list[LocalPostgr
     running = RunningProxy(topo["listen"]["host"], topo["listen"]["port"], path, process,
                            log_path, topo)
     try:
-        wait_for(lambda: health() is not None, "/health to answer")
+        wait_until(lambda: health() is not None, 15, "/health to answer")
         status, body = health()  # type: ignore[misc]
         assert status == 503 and "default_shard" in body and "nowhere" in body, body
         assert process.poll() is None
         path.write_text(yaml.safe_dump(topo, sort_keys=False))
         wait_for_port(running.host, running.port, process, log_path)
-        wait_for(lambda: health() == (200, "ok\n"), "/health 200 once serving")
+        wait_until(lambda: health() == (200, "ok\n"), 15, "/health 200 once serving")
         with psycopg.connect(running.dsn(), connect_timeout=5) as conn:
             assert conn.execute("SELECT 1").fetchone() == (1,)
     finally:
@@ -299,7 +291,7 @@ def test_reload_keeps_running_transactions_and_unchanged_pools(
         assert client.execute(where).fetchone() == (ports["s1"],)
         assert before <= servers("s0")  # s0 is unchanged: its connections stayed
         assert not [r for r in admin.execute("SHOW POOLS").fetchall() if r[0] == "s2"]
-        wait_for(lambda: not _app_backends(clusters[2]), "s2's connections to close")
+        wait_until(lambda: not _app_backends(clusters[2]), 15, "s2's connections to close")
         client.close()
         admin.close()
     finally:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -15,15 +15,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.localpg import LocalPostgres
 from tests.integration.conftest import RunningProxy, assert_clean_log, base_topology, start_proxy
+from tests.integration.test_faults_helpers import wait_until
 
 T = "rp_items"
-
-
-def wait_until(check: Callable[[], bool], what: str, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +77,7 @@ def test_reads_reach_the_replica_and_writes_do_not(
     assert primary.psql("SELECT count(*) FROM pg_stat_replication").strip() == "1"
     with fresh(proxy) as conn:
         # The first health checks must have measured the replica's lag.
-        wait_until(lambda: on_replica(conn), "reads to reach the replica")
+        wait_until(lambda: on_replica(conn), 15, "reads to reach the replica")
         assert all(on_replica(conn) for _ in range(10))
         # extended protocol, routed by key: still the replica, with the data
         row = conn.execute(f"SELECT pg_is_in_recovery(), v FROM {T} WHERE id = %s",
@@ -109,7 +103,7 @@ def test_reads_reach_the_replica_and_writes_do_not(
 
 def test_read_your_writes(proxy: RunningProxy) -> None:
     with fresh(proxy) as conn:
-        wait_until(lambda: on_replica(conn), "reads to reach the replica")
+        wait_until(lambda: on_replica(conn), 15, "reads to reach the replica")
         conn.execute(f"INSERT INTO {T} (id, v) VALUES (%s, %s)", (2001, 42))
         # right after its write, this client reads from the primary: its row is there
         row = conn.execute(f"SELECT pg_is_in_recovery(), v FROM {T} WHERE id = %s",
@@ -125,7 +119,7 @@ def test_lag_beyond_the_limit_sends_reads_to_the_primary(
         proxy: RunningProxy, pair: tuple[LocalPostgres, LocalPostgres]) -> None:
     primary, replica = pair
     with fresh(proxy) as conn:
-        wait_until(lambda: on_replica(conn), "reads to reach the replica")
+        wait_until(lambda: on_replica(conn), 15, "reads to reach the replica")
         replica.psql("SELECT pg_wal_replay_pause()")
         try:
             # WAL the replica does not replay: its lag grows past 500ms
@@ -141,7 +135,7 @@ def test_lag_beyond_the_limit_sends_reads_to_the_primary(
             assert not on_replica(conn)  # and they stay on the primary
         finally:
             replica.psql("SELECT pg_wal_replay_resume()")
-        wait_until(lambda: on_replica(conn), "reads to return to the caught-up replica")
+        wait_until(lambda: on_replica(conn), 15, "reads to return to the caught-up replica")
         assert (lag_metric(proxy) or 0) <= 0.5
 
 
@@ -164,7 +158,8 @@ def test_scatter_reads_use_replicas_too(pair: tuple[LocalPostgres, LocalPostgres
             def spread() -> list[tuple[Any, ...]]:
                 return conn.execute("/* shard: all */ SELECT pg_is_in_recovery(), "
                                     "inet_server_port()").fetchall()
-            wait_until(lambda: (True, replica.port) in spread(), "the scatter to use s0's replica")
+            wait_until(lambda: (True, replica.port) in spread(), 15,
+                       "the scatter to use s0's replica")
             assert sorted(spread()) == [(False, other.port), (True, replica.port)]
             with conn.transaction():  # inside a transaction: primaries only
                 assert sorted(spread()) == sorted([(False, other.port), (False, primary.port)])
@@ -189,7 +184,7 @@ def test_failover_writes_follow_the_promoted_replica(
                 return True
             except psycopg.Error:
                 return False
-        wait_until(writes, "writes to follow the promoted host")
+        wait_until(writes, 15, "writes to follow the promoted host")
         assert not on_replica(conn, "/* role: primary */ SELECT pg_is_in_recovery()")
     row = replica.psql(f"SELECT count(*) FROM {T} WHERE id = 9001", dbname="app")
     assert row.strip() == "1"

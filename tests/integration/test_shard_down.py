@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,16 +13,10 @@ import psycopg
 
 from proxy.localpg import LocalPostgres
 from tests.integration.conftest import base_topology, start_proxy
+from tests.integration.test_faults_helpers import wait_until
 from tests.integration.test_routing_helpers import BUCKETS, direct, pick_keys
 
 T = "sd_items"
-
-
-def wait_until(check: Callable[[], bool], what: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def test_killed_shard_fails_fast_and_comes_back(pg_factory: Any, tmp_path: Path) -> None:
@@ -79,7 +72,7 @@ def test_killed_shard_fails_fast_and_comes_back(pg_factory: Any, tmp_path: Path)
                     return row is not None
                 except psycopg.OperationalError:
                     return False
-            wait_until(serves, "s1 to serve again")
+            wait_until(serves, 20, "s1 to serve again")
             conn.execute(f"INSERT INTO {T} (id, v) VALUES (%s, 1) ON CONFLICT (id) DO NOTHING",
                          (key1,))
             with psycopg.connect(running.dsn(dbname="shardwire"), autocommit=True) as adm:
