@@ -121,17 +121,28 @@ class BeginProbe:
 
 
 class Entry:
-    """One expected response group; `data` is kind-specific (payload, changes, undo).
-    A client's Query or Execute also carries the latency histogram it counts in (`h`) and
-    when it was sent (`t`)."""
+    """One expected response group; `data` is kind-specific (payload, changes, undo)."""
 
-    __slots__ = ("data", "h", "kind", "t")
+    __slots__ = ("data", "kind")
+    h: Histogram | None = None  # see Timed (a class attribute: no cost per Entry)
+    t = 0.0
 
     def __init__(self, kind: int, data: object = None) -> None:
         self.kind = kind
         self.data = data
-        self.h: Histogram | None = None
-        self.t = 0.0
+
+
+class Timed(Entry):
+    """A client's Query or Execute: also the latency histogram it counts in (`h`) and
+    when it was sent (`t`)."""
+
+    __slots__ = ("h", "t")  # type: ignore[misc]  # shadows Entry's class defaults
+
+    def __init__(self, kind: int, data: object, h: Histogram, t: float) -> None:
+        self.kind = kind
+        self.data = data
+        self.h = h
+        self.t = t
 
 
 class ClientSession:
@@ -1004,10 +1015,9 @@ class ClientSession:
                     restore = {t for t in map(reset_target, parts) if t is not None}
             self.out.append(region[start - 5:end])
             server.unnamed = None  # Postgres drops the unnamed statement on a simple Query
-            entry = Entry(K_QUERY, changes)
-            entry.h = (server.hists or self._hists(server))[is_read(sql)]
-            entry.t = perf_counter()
-            queue.append(entry)
+            queue.append(Timed(K_QUERY, changes,
+                               (server.hists or self._hists(server))[is_read(sql)],
+                               perf_counter()))
             if restore:
                 self._restore(restore)
         elif mtype == m.BIND:
@@ -1044,10 +1054,9 @@ class ClientSession:
                 target = self.portal_resets.get(portal)
                 if target is not None:
                     self.resets.add(target)
-            entry = Entry(K_EXECUTE, change)
-            entry.h = (server.hists or self._hists(server))[self.bound_read]
-            entry.t = perf_counter()
-            queue.append(entry)
+            queue.append(Timed(K_EXECUTE, change,
+                               (server.hists or self._hists(server))[self.bound_read],
+                               perf_counter()))
         elif mtype == m.SYNC:
             self.batch_open = self.batch_executed = False
             self.skipping = False  # a Sync ends the skip after an error (as in Postgres)
