@@ -100,12 +100,12 @@ async def serve_when_valid(path: str) -> int:
     loop.add_signal_handler(signal.SIGHUP, changed.set)
     problem = ["invalid topology"]
     host, port = WaitingServer.address_of(path)
-    probe = WaitingServer(host, port, lambda: problem[0])
+    probe: WaitingServer | None = None
     try:
+        probe = WaitingServer(host, port, lambda: problem[0])  # binds the port
         probe.start()
     except OSError as exc:
         log.warning("cannot answer /health on %s:%d: %s", host, port, exc)
-        probe = None  # type: ignore[assignment]
     watcher = TopologyWatcher(path, changed.set)
     watcher.start()
     try:
