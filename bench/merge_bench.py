@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import random
 import signal
 import statistics
@@ -52,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import psycopg
 from swbench import machine, procs, report, topology
 from swbench.procs import REPO, BenchError, Managed
-from swbench.runner import command_line, run_main, say
+from swbench.runner import command_line, publish, run_main, say
 
 from proxy.localpg import LocalPostgres, find_bindir, free_port
 
@@ -254,12 +253,6 @@ def run_query(conn: psycopg.Connection[Any], sql: str) -> Answer:
     return Answer(desc, rows, ms)
 
 
-def connect(port: int) -> psycopg.Connection[Any]:
-    return psycopg.connect(host="127.0.0.1", port=port, dbname=topology.DATABASE,
-                           user="postgres", autocommit=True, prepare_threshold=None,
-                           connect_timeout=30)
-
-
 def _sort_key(row: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple((v is None, v) for v in row)
 
@@ -438,16 +431,8 @@ class MergeBench:
         workdir = self.workdir / name
         workdir.mkdir(parents=True, exist_ok=True)
         port = free_port()
-        config = workdir / "shardwire.yaml"
-        config.write_text(topology.to_yaml(self.config(port)))
-        env = procs.clean_env()
-        env["PYTHONPATH"] = str(self.src)
-        proc = Managed(name, [sys.executable, "-m", "proxy", "--log-level", "warning", "serve",
-                              "--config", str(config)],
-                       log_path=workdir / "shardwire.log", cwd=self.src, env=env,
-                       stop_signal=signal.SIGINT).start()
+        proc = procs.serve_shardwire(workdir, self.config(port), port, src=self.src)
         self.stack.callback(proc.stop)
-        procs.wait_for_port("127.0.0.1", port, proc)
         return proc, port
 
     def check_routing(self) -> None:
@@ -456,7 +441,7 @@ class MergeBench:
         rng = random.Random(4)
         ids = [1, self.args.rows, *rng.sample(range(2, self.args.rows), 198)]
         missing = []
-        with connect(self.proxy_port) as conn:
+        with procs.connect(self.proxy_port) as conn:
             for k, i in enumerate(ids):
                 if k % 2:
                     got = conn.execute("SELECT id FROM items WHERE id = %s", (i,)).fetchall()
@@ -476,8 +461,8 @@ class MergeBench:
     def timed(self, rows: list[Row]) -> None:
         assert self.plain is not None and self.proxy is not None
         with contextlib.ExitStack() as conns:
-            plain = conns.enter_context(connect(self.plain.port))
-            proxy = conns.enter_context(connect(self.proxy_port))
+            plain = conns.enter_context(procs.connect(self.plain.port))
+            proxy = conns.enter_context(procs.connect(self.proxy_port))
             for row in rows:
                 q = row.query
                 say(f"{q.name}: {q.sql}")
@@ -497,7 +482,7 @@ class MergeBench:
                         say(f"  shardwire FAILED: {row.error}")
                         # a fresh connection for the next query, whatever state this is in
                         proxy.close()
-                        proxy = conns.enter_context(connect(self.proxy_port))
+                        proxy = conns.enter_context(procs.connect(self.proxy_port))
                         break
                     row.warm_delta_mb.append(mem.delta_mb)
                     diff = differences(ref, got, q.ordered)
@@ -517,7 +502,7 @@ class MergeBench:
         whose pools to every shard and whose merge code were warmed by 0-row queries."""
         proc, port = self.start_proxy()
         try:
-            with connect(port) as conn:
+            with procs.connect(port) as conn:
                 for prime in ("SELECT id, v FROM items WHERE id < 0",
                               "SELECT count(*) FROM items WHERE id < 0",
                               "SELECT grp, sum(v) FROM items WHERE id < 0 GROUP BY grp",
@@ -545,13 +530,13 @@ class MergeBench:
 
     def sizes(self, items: list[SizeRow]) -> None:
         assert self.plain is not None
-        with connect(self.plain.port) as plain:
+        with procs.connect(self.plain.port) as plain:
             for item in items:
                 for which, q in (("small", item.small), ("large", item.large)):
                     try:
                         ref = run_query(plain, q.sql)
                         _, delta, ms = self.fresh_probe(q.sql)
-                        with connect(self.proxy_port) as proxy:
+                        with procs.connect(self.proxy_port) as proxy:
                             diff = differences(ref, run_query(proxy, q.sql), q.ordered)
                     except (psycopg.Error, QueryTimeout) as exc:
                         item.error = f"{q.name}: {_error_text(exc)}"
@@ -695,9 +680,7 @@ def run(bench: MergeBench, command: str) -> int:
     facts["psycopg"] = psycopg.__version__
     facts["load average before loading (1/5/15 min)"] = load_before
     facts["load average before measuring (1/5/15 min)"] = machine.load_average()
-    busy = machine.load_1min()
-    if busy > 0.5 * (os.cpu_count() or 1):
-        say(f"warning: the machine is busy (load average {busy:.1f} on {os.cpu_count()} CPUs)")
+    machine.warn_if_busy()
 
     rows = [Row(q) for q in queries(args.rows)]
     _step("timed runs", lambda: bench.timed(rows))
@@ -723,19 +706,9 @@ def run(bench: MergeBench, command: str) -> int:
             bench.notes.append("shardwire's log (tail): " + " / ".join(
                 " ".join(line.split()) for line in log.splitlines()[-5:]).replace("|", "\\|"))
 
-    text = render(bench, rows, sizes, facts, command)
-    print()
-    print(text)
-    if args.write_results:
-        if bench.failures:
-            say(f"not writing {args.results_file}: {len(bench.failures)} failure(s) above")
-        else:
-            report.write_section(args.results_file, f"merge-{facts['date'][:10]}", text)
-            say(f"wrote the merge-{facts['date'][:10]} section of {args.results_file}")
-    if bench.failures:
-        say(f"{len(bench.failures)} failure(s): " + "; ".join(bench.failures))
-        return 1
-    return 0
+    return publish(render(bench, rows, sizes, facts, command), bench.failures,
+                   write=args.write_results, results_file=args.results_file,
+                   section=f"merge-{facts['date'][:10]}")
 
 
 if __name__ == "__main__":

@@ -621,10 +621,8 @@ def run(bench: Bench, stack: contextlib.ExitStack, command: str) -> None:
     facts = machine.describe(bindir=bench.pg.bindir, pgbench=bench.pgbench_bin,
                              pgbouncer=bench.bouncer, src=bench.src, src_hash=bench.src_hash,
                              rev=args.rev)
-    busy = machine.load_1min()
-    if busy > 0.5 * (os.cpu_count() or 1):
-        say(f"warning: the machine is busy (load average {busy:.1f} on {os.cpu_count()} CPUs): "
-            "expect noisy TPS; the pooler CPU µs/txn column is the steadier one")
+    machine.warn_if_busy(": expect noisy TPS; the pooler CPU µs/txn column is the steadier "
+                         "one")
     cells = bench.sweep()
     bench.measure_shard_split()  # stops the 2-shard shardwire
     bench.planner_cost()

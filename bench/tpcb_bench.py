@@ -32,9 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import random
-import signal
 import statistics
 import subprocess
 import sys
@@ -47,10 +45,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import psycopg
 from swbench import machine, pgbench, procs, report, topology
 from swbench.procs import REPO, BenchError, Managed
-from swbench.runner import command_line, run_main, say
+from swbench.runner import command_line, publish, run_main, say
 
 from proxy.localpg import LocalPostgres, find_bindir, free_port
 
@@ -96,12 +93,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def one_line(text: str) -> str:
     return " ".join(text.split())
-
-
-def connect(port: int) -> psycopg.Connection[Any]:
-    return psycopg.connect(host="127.0.0.1", port=port, dbname=topology.DATABASE,
-                           user="postgres", autocommit=True, prepare_threshold=None,
-                           connect_timeout=30)
 
 
 def scalar(pg: LocalPostgres, sql: str) -> str:
@@ -202,16 +193,8 @@ class TpcbBench:
         workdir = self.workdir / name
         workdir.mkdir(parents=True, exist_ok=True)
         port = free_port()
-        config = workdir / "shardwire.yaml"
-        config.write_text(topology.to_yaml(self.config(port, txn_mode)))
-        env = procs.clean_env()
-        env["PYTHONPATH"] = str(self.src)
-        proc = Managed(name, [sys.executable, "-m", "proxy", "--log-level", "warning", "serve",
-                              "--config", str(config)],
-                       log_path=workdir / "shardwire.log", cwd=self.src, env=env,
-                       stop_signal=signal.SIGINT).start()
+        proc = procs.serve_shardwire(workdir, self.config(port, txn_mode), port, src=self.src)
         self.stack.callback(proc.stop)
-        procs.wait_for_port("127.0.0.1", port, proc)
         self.proxies[txn_mode] = (proc, port)
         say(f"shardwire ({txn_mode}) listening on 127.0.0.1:{port} (pid {proc.pid})")
 
@@ -290,7 +273,7 @@ class TpcbBench:
         bids = list(range(1, self.args.scale + 1))
         missing = []
         for mode, (_, port) in self.proxies.items():
-            with connect(port) as conn:
+            with procs.connect(port) as conn:
                 for table, col, ids in (("pgbench_accounts", "aid", aids),
                                         ("pgbench_tellers", "tid", tids),
                                         ("pgbench_branches", "bid", bids)):
@@ -545,9 +528,7 @@ def run(bench: TpcbBench, command: str) -> int:
         facts.pop(key, None)
     facts["load average before loading (1/5/15 min)"] = load_before
     facts["load average before measuring (1/5/15 min)"] = machine.load_average()
-    busy = machine.load_1min()
-    if busy > 0.5 * (os.cpu_count() or 1):
-        say(f"warning: the machine is busy (load average {busy:.1f} on {os.cpu_count()} CPUs)")
+    machine.warn_if_busy()
 
     say("warm-up")
     bench.warm_up()
@@ -558,19 +539,9 @@ def run(bench: TpcbBench, command: str) -> int:
     bench.check_consistency(cells)
     bench.proxy_logs()
 
-    text = render(bench, cells, facts, command)
-    print()
-    print(text)
-    if args.write_results:
-        if bench.failures:
-            say(f"not writing {args.results_file}: {len(bench.failures)} failure(s) above")
-        else:
-            report.write_section(args.results_file, f"tpcb-{facts['date'][:10]}", text)
-            say(f"wrote the tpcb-{facts['date'][:10]} section of {args.results_file}")
-    if bench.failures:
-        say(f"{len(bench.failures)} failure(s): " + "; ".join(bench.failures))
-        return 1
-    return 0
+    return publish(render(bench, cells, facts, command), bench.failures,
+                   write=args.write_results, results_file=args.results_file,
+                   section=f"tpcb-{facts['date'][:10]}")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 from swbench.procs import REPO, PgBouncerInfo
+from swbench.runner import say
 
 
 def _first_line(args: list[str]) -> str:
@@ -106,6 +107,14 @@ def load_1min() -> float:
         return float(Path("/proc/loadavg").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return 0.0
+
+
+def warn_if_busy(consequence: str = "") -> None:
+    """Say so when other work loads the machine (a 1-minute load above half its CPUs)."""
+    busy = load_1min()
+    if busy > 0.5 * (os.cpu_count() or 1):
+        say(f"warning: the machine is busy (load average {busy:.1f} on {os.cpu_count()} "
+            f"CPUs){consequence}")
 
 
 def _os_release() -> str:

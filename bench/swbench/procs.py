@@ -23,6 +23,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import psycopg
 
 from proxy.localpg import LocalPostgres, free_port
 from swbench import topology
@@ -283,27 +286,28 @@ def snapshot_source(dest: Path, rev: str | None = None) -> str:
     return digest.hexdigest()[:12]
 
 
-def shardwire_config(path: Path, *, port: int, pg_ports: Sequence[int], pool_size: int,
-                     sharded: bool) -> Path:
-    """Write the topology (see swbench.topology) of one shardwire to `path`."""
-    data = topology.topology(shard_ports=pg_ports, listen_port=port, pool_size=pool_size,
-                             sharded=sharded)
-    path.write_text(topology.to_yaml(data))
-    return path
-
-
 def start_shardwire(workdir: Path, *, src: Path, pg_ports: Sequence[int], pool_size: int,
                     name: str = "shardwire", sharded: bool = False,
                     cprofile_out: Path | None = None) -> tuple[Managed, int]:
-    """Start `python -m proxy serve` (optionally under cProfile) from the snapshot in `src`,
-    with one shard per port in `pg_ports` (`sharded`: the pgbench tables sharded by key).
+    """A shardwire with one shard per port in `pg_ports` (`sharded`: the pgbench tables
+    sharded by key; see swbench.topology), started by serve_shardwire."""
+    port = free_port()
+    data = topology.topology(shard_ports=pg_ports, listen_port=port, pool_size=pool_size,
+                             sharded=sharded)
+    return serve_shardwire(workdir, data, port, src=src, name=name,
+                           cprofile_out=cprofile_out), port
+
+
+def serve_shardwire(workdir: Path, data: dict[str, Any], port: int, *, src: Path,
+                    name: str = "shardwire", cprofile_out: Path | None = None) -> Managed:
+    """Start `python -m proxy serve` (optionally under cProfile) from the snapshot in `src`
+    on the topology `data` (listening on `port`), and wait until it listens.
 
     It stops on SIGINT (graceful shutdown), which also lets cProfile write its output.
     """
     workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    config = shardwire_config(workdir / f"{name}.yaml", port=port, pg_ports=pg_ports,
-                              pool_size=pool_size, sharded=sharded)
+    config = workdir / f"{name}.yaml"
+    config.write_text(topology.to_yaml(data))
     args = [sys.executable]
     if cprofile_out is not None:
         args += ["-m", "cProfile", "-o", str(cprofile_out)]
@@ -313,4 +317,12 @@ def start_shardwire(workdir: Path, *, src: Path, pg_ports: Sequence[int], pool_s
     proc = Managed(name, args, log_path=workdir / f"{name}.log", cwd=src, env=env,
                    stop_signal=signal.SIGINT).start()
     wait_for_port("127.0.0.1", port, proc)
-    return proc, port
+    return proc
+
+
+def connect(port: int) -> psycopg.Connection[Any]:
+    """An autocommit psycopg connection to the bench database on `port` (direct or through
+    a proxy), without client-side prepared statements."""
+    return psycopg.connect(host="127.0.0.1", port=port, dbname=topology.DATABASE,
+                           user="postgres", autocommit=True, prepare_threshold=None,
+                           connect_timeout=30)

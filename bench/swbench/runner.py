@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
+from swbench import report
 from swbench.procs import BenchError
 
 
@@ -26,6 +27,24 @@ def command_line(script: str, argv: Sequence[str] | None) -> str:
     """How the script was run, for the report."""
     return f"python {script} " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+
+
+def publish(text: str, failures: Sequence[str], *, write: bool, results_file: Path,
+            section: str) -> int:
+    """Print the report; with `write`, record it as `section` of `results_file` unless
+    something failed. Returns the exit status: 1 if anything failed, else 0."""
+    print()
+    print(text)
+    if write:
+        if failures:
+            say(f"not writing {results_file}: {len(failures)} failure(s) above")
+        else:
+            report.write_section(results_file, section, text)
+            say(f"wrote the {section} section of {results_file}")
+    if failures:
+        say(f"{len(failures)} failure(s): " + "; ".join(failures))
+        return 1
+    return 0
 
 
 def run_main(prefix: str, keep: bool,
