@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -17,9 +17,12 @@ from typing import Any
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.configmap
+
 from proxy.config import load_config
 from proxy.server import Proxy
 from proxy.topology.watcher import TopologyWatcher
+from tests.configmap import ConfigMapDir
 
 
 def topology(shards: int, tables: int, size: int) -> dict[str, Any]:
@@ -36,21 +39,11 @@ def topology(shards: int, tables: int, size: int) -> dict[str, Any]:
     }
 
 
-def swap(root: Path, n: int, text: str) -> None:
-    version = root / f"..v{n}"
-    version.mkdir()
-    (version / "topology.yaml").write_text(text)
-    (root / "..tmp").symlink_to(version.name)
-    os.replace(root / "..tmp", root / "..data")
-    if not (root / "topology.yaml").is_symlink():
-        (root / "topology.yaml").symlink_to("..data/topology.yaml")
-
-
 async def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        swap(root, 0, yaml.safe_dump(topology(args.shards, args.tables, 10)))
-        path = root / "topology.yaml"
+        cm = ConfigMapDir(Path(tmp))
+        cm.publish(yaml.safe_dump(topology(args.shards, args.tables, 10)))
+        path = cm.path
         proxy = Proxy(load_config(path), str(path))
         switch: list[float] = []
         for run in range(args.runs):
@@ -68,7 +61,7 @@ async def main(args: argparse.Namespace) -> None:
         for run in range(args.runs):
             changed.clear()
             start = time.perf_counter()
-            swap(root, run + 1, yaml.safe_dump(topology(args.shards, args.tables, 20 + run)))
+            cm.publish(yaml.safe_dump(topology(args.shards, args.tables, 20 + run)))
             await asyncio.wait_for(changed.wait(), 10)
             noticed.append(time.perf_counter() - start)
         mode = watcher.mode

@@ -35,7 +35,11 @@ from tests.integration.conftest import (
     base_topology,
     start_proxy,
 )
-from tests.integration.test_routing_helpers import direct, drop_everywhere, via
+from tests.integration.test_routing_helpers import (
+    drop_everywhere,
+    run_everywhere,
+    via,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -563,9 +567,7 @@ def observed(tmp_path_factory: pytest.TempPathFactory,
     touches every family: single-shard and cross-shard reads and writes, a two-phase
     commit, an error."""
     drop_everywhere(shard_clusters, T)
-    for cluster in shard_clusters:
-        with direct(cluster) as conn:
-            conn.execute(f"CREATE TABLE {T} (id bigint PRIMARY KEY, v int)")
+    run_everywhere(shard_clusters, f"CREATE TABLE {T} (id bigint PRIMARY KEY, v int)")
     replica = shard_clusters[0].make_replica("dpl_s0_replica")
     running: RunningProxy | None = None
     try:

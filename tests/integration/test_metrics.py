@@ -18,6 +18,7 @@ from tests.integration.test_routing_helpers import (
     drop_everywhere,
     pick_keys,
     routed_proxy,
+    run_everywhere,
     via,
 )
 
@@ -28,9 +29,7 @@ T = "mx_items"
 def routed(proxy_factory: ProxyFactory,
            shard_clusters: list[LocalPostgres]) -> Iterator[RunningProxy]:
     drop_everywhere(shard_clusters, T)
-    for cluster in shard_clusters:
-        with direct(cluster) as conn:
-            conn.execute(f"CREATE TABLE {T} (id bigint PRIMARY KEY, v int)")
+    run_everywhere(shard_clusters, f"CREATE TABLE {T} (id bigint PRIMARY KEY, v int)")
     with routed_proxy(proxy_factory, {T: {"shard_key": "id"}}) as running:
         yield running
     drop_everywhere(shard_clusters, T)

@@ -18,45 +18,19 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.localpg import LocalPostgres
+from tests.configmap import ConfigMapDir
 from tests.integration.conftest import RunningProxy, base_topology, start_proxy
 from tests.integration.test_faults_helpers import wait_until
-from tests.integration.test_routing_helpers import direct, drop_everywhere
+from tests.integration.test_routing_helpers import (
+    direct,
+    drop_everywhere,
+    run_everywhere,
+)
 
 T = "rl_items"
 REF = "rl_ref"
 ROWS = 400
 ADMIN = {"database": "shardwire", "users": ["app"]}
-
-
-class ConfigMapDir:
-    """A directory laid out like a mounted Kubernetes ConfigMap: `topology.yaml` is a
-    symlink to `..data/topology.yaml`, and `..data` a symlink to a timestamped directory
-    that each update replaces with one atomic rename."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.count = 0
-        root.mkdir(parents=True, exist_ok=True)
-
-    @property
-    def path(self) -> Path:
-        return self.root / "topology.yaml"
-
-    def publish(self, text: str) -> None:
-        self.count += 1
-        version = self.root / f"..2026_11_22_{self.count:04d}"
-        version.mkdir()
-        (version / "topology.yaml").write_text(text)
-        tmp = self.root / "..data_tmp"
-        tmp.symlink_to(version.name)
-        old = (self.root / "..data").resolve() if (self.root / "..data").exists() else None
-        os.replace(tmp, self.root / "..data")
-        if not self.path.is_symlink():
-            self.path.symlink_to("..data/topology.yaml")
-        if old is not None:  # kubelet removes the previous version after the swap
-            for f in old.iterdir():
-                f.unlink()
-            old.rmdir()
 
 
 def scrape(running: RunningProxy) -> dict[str, float]:
@@ -92,11 +66,9 @@ def clusters(shard_clusters: list[LocalPostgres],
              third_shard: LocalPostgres) -> Iterator[list[LocalPostgres]]:
     everyone = [*shard_clusters, third_shard]
     drop_everywhere(everyone, T, REF)
-    for cluster in everyone:
-        with direct(cluster) as conn:
-            conn.execute(f"CREATE TABLE {T} (id bigint PRIMARY KEY, v int)")
-            conn.execute(f"CREATE TABLE {REF} (code int PRIMARY KEY, name text)")
-            conn.execute(f"INSERT INTO {REF} SELECT g, 'n' || g FROM generate_series(1, 10) g")
+    run_everywhere(everyone, f"CREATE TABLE {T} (id bigint PRIMARY KEY, v int)",
+                   f"CREATE TABLE {REF} (code int PRIMARY KEY, name text)",
+                   f"INSERT INTO {REF} SELECT g, 'n' || g FROM generate_series(1, 10) g")
     yield everyone
     drop_everywhere(everyone, T, REF)
 

@@ -207,11 +207,17 @@ def rows_by_shard(clusters: Sequence[LocalPostgres], query: str,
     return out
 
 
-def drop_everywhere(clusters: Sequence[LocalPostgres], *tables: str) -> None:
-    """Directly on every shard (cleanup and setup only, never the thing tested)."""
+def run_everywhere(clusters: Sequence[LocalPostgres], *statements: str) -> None:
+    """Directly on every shard, in order (setup and cleanup only, never the thing tested)."""
     for cluster in clusters:
         with direct(cluster) as conn:
-            conn.execute(f"DROP TABLE IF EXISTS {', '.join(tables)} CASCADE")
+            for statement in statements:
+                conn.execute(statement)
+
+
+def drop_everywhere(clusters: Sequence[LocalPostgres], *tables: str) -> None:
+    """Directly on every shard (cleanup and setup only, never the thing tested)."""
+    run_everywhere(clusters, f"DROP TABLE IF EXISTS {', '.join(tables)} CASCADE")
 
 
 def run_psql(proxy: RunningProxy, *args: str, stdin: str | None = None,

@@ -26,6 +26,7 @@ from tests.integration.test_routing_helpers import (
     pick_keys,
     routed_proxy,
     rows_by_shard,
+    run_everywhere,
     table_exists,
     via,
 )
@@ -41,10 +42,8 @@ _ids = itertools.count(1)
 def routed(proxy_factory: ProxyFactory,
            shard_clusters: list[LocalPostgres]) -> Iterator[RunningProxy]:
     drop_everywhere(shard_clusters, NOTES, USERS, ONLY_S1)
-    for cluster in shard_clusters:
-        with direct(cluster) as conn:
-            conn.execute(f"CREATE TABLE {NOTES} (id int PRIMARY KEY, how text)")
-            conn.execute(f"CREATE TABLE {USERS} (id bigint PRIMARY KEY, name text)")
+    run_everywhere(shard_clusters, f"CREATE TABLE {NOTES} (id int PRIMARY KEY, how text)",
+                   f"CREATE TABLE {USERS} (id bigint PRIMARY KEY, name text)")
     with routed_proxy(proxy_factory, TABLES) as running:
         yield running
     drop_everywhere(shard_clusters, NOTES, USERS, ONLY_S1)

@@ -27,6 +27,7 @@ from tests.integration.test_routing_helpers import (
     pick_keys,
     routed_proxy,
     rows_by_shard,
+    run_everywhere,
     run_psql,
     via,
 )
@@ -39,9 +40,7 @@ TABLES = {T: {"shard_key": "id"}}
 def routed(proxy_factory: ProxyFactory,
            shard_clusters: list[LocalPostgres]) -> Iterator[RunningProxy]:
     drop_everywhere(shard_clusters, T)
-    for cluster in shard_clusters:
-        with direct(cluster) as conn:
-            conn.execute(f"CREATE TABLE {T} (id bigint PRIMARY KEY, v text)")
+    run_everywhere(shard_clusters, f"CREATE TABLE {T} (id bigint PRIMARY KEY, v text)")
     with routed_proxy(proxy_factory, TABLES) as running:
         yield running
     drop_everywhere(shard_clusters, T)

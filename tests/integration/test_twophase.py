@@ -28,6 +28,7 @@ from tests.integration.test_routing_helpers import (
     direct,
     drop_everywhere,
     pick_keys,
+    run_everywhere,
     via,
 )
 
@@ -51,11 +52,9 @@ def _proxy(workdir: Path, clusters: list[LocalPostgres], name: str,
 def setup(shard_clusters: list[LocalPostgres], tmp_path_factory: pytest.TempPathFactory
           ) -> Iterator[tuple[Path, dict[str, list[int]]]]:
     drop_everywhere(shard_clusters, T)
-    for cluster in shard_clusters:
-        with direct(cluster) as conn:
-            conn.execute(f"CREATE TABLE {T} (id bigint PRIMARY KEY, balance int NOT NULL, "
-                         "CONSTRAINT tpc_unique_balance UNIQUE (balance) "
-                         "DEFERRABLE INITIALLY DEFERRED)")
+    run_everywhere(shard_clusters,
+                   f"CREATE TABLE {T} (id bigint PRIMARY KEY, balance int NOT NULL, "
+                   "CONSTRAINT tpc_unique_balance UNIQUE (balance) DEFERRABLE INITIALLY DEFERRED)")
     with direct(shard_clusters[0]) as conn:
         keys = {s: pick_keys(conn, s, 40, 50_000) for s in ("s0", "s1")}
     try:
@@ -169,11 +168,9 @@ def test_bank_transfers_survive_repeated_sigkill(
     whose COMMIT failed is not."""
     workdir, _ = setup
     drop_everywhere(shard_clusters, "bank", "bank_log")
-    for cluster in shard_clusters:
-        with direct(cluster) as conn:
-            conn.execute("CREATE TABLE bank (id bigint PRIMARY KEY, balance bigint NOT NULL)")
-            conn.execute("CREATE TABLE bank_log (id text PRIMARY KEY, a bigint, b bigint, "
-                         "amount bigint)")
+    run_everywhere(shard_clusters,
+                   "CREATE TABLE bank (id bigint PRIMARY KEY, balance bigint NOT NULL)",
+                   "CREATE TABLE bank_log (id text PRIMARY KEY, a bigint, b bigint, amount bigint)")
     tables = {**TABLES, "bank": {"shard_key": "id"}, "bank_log": {"shard_key": "id"}}
 
     def start(name: str) -> RunningProxy:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ from proxy.config import parse_config
 from proxy.errors import ConfigError
 from proxy.topology.reload import plan_reload
 from proxy.topology.watcher import TopologyWatcher
+from tests.configmap import ConfigMapDir
 
 
 def cfg(**overrides: Any) -> Any:
@@ -74,37 +74,27 @@ def test_durations_with_units() -> None:
         cfg(reads={"max_replica_lag": "soon"})
 
 
-def swap(root: Path, n: int, text: str) -> None:
-    """A ConfigMap-style update: a new directory, then `..data` renamed over."""
-    version = root / f"..v{n}"
-    version.mkdir()
-    (version / "topology.yaml").write_text(text)
-    (root / "..tmp").symlink_to(version.name)
-    os.replace(root / "..tmp", root / "..data")
-    if not (root / "topology.yaml").is_symlink():
-        (root / "topology.yaml").symlink_to("..data/topology.yaml")
-
-
 @pytest.mark.parametrize("inotify", [True, False])
 async def test_watcher_follows_symlink_swaps(tmp_path: Path, inotify: bool) -> None:
-    swap(tmp_path, 0, "a: 1\n")
+    cm = ConfigMapDir(tmp_path)
+    cm.publish("a: 1\n")
     seen: list[str] = []
     changed = asyncio.Event()
 
     def on_change() -> None:
-        seen.append((tmp_path / "topology.yaml").read_text())
+        seen.append(cm.path.read_text())
         changed.set()
 
-    watcher = TopologyWatcher(tmp_path / "topology.yaml", on_change, poll_interval=0.1,
+    watcher = TopologyWatcher(cm.path, on_change, poll_interval=0.1,
                               debounce=0.05, use_inotify=inotify)
     watcher.start()
     try:
         await asyncio.sleep(0.3)  # let the watch start
-        for n, text in enumerate(("a: 2\n", "a: 3\n"), start=1):
+        for text in ("a: 2\n", "a: 3\n"):
             changed.clear()
-            swap(tmp_path, n, text)
+            cm.publish(text)
             await asyncio.wait_for(changed.wait(), 10)
-        swap(tmp_path, 3, "a: 3\n")  # same bytes: no reload
+        cm.publish("a: 3\n")  # same bytes: no reload
         await asyncio.sleep(0.5)
         assert seen == ["a: 2\n", "a: 3\n"]
         assert watcher.mode == ("inotify" if inotify else "polling")

@@ -976,16 +976,21 @@ def _parse_time(raw: bytes, pos: int, type_name: str) -> tuple[int, int]:
     return ((int(m[1]) * 60 + int(m[2])) * 60 + int(m[3])) * _USECS_PER_SEC + micros, m.end()
 
 
+def _binary_int(fmt: struct.Struct, raw: bytes, type_name: str) -> int:
+    """A binary date/time value: one big-endian integer of `fmt`'s size."""
+    try:
+        return int(fmt.unpack(raw)[0])
+    except struct.error:
+        raise _bad(type_name, raw) from None
+
+
 class _DateCodec(Codec):
     oid = DATE
     type_name = "date"
 
     def decode(self, raw: bytes, binary: bool) -> int:
         if binary:
-            try:
-                return int(_I4.unpack(raw)[0])
-            except struct.error:
-                raise _bad(self.type_name, raw) from None
+            return _binary_int(_I4, raw, self.type_name)
         if raw == b"infinity":
             return DATE_POS_INFINITY
         if raw == b"-infinity":
@@ -1013,10 +1018,7 @@ class _TimeCodec(Codec):
 
     def decode(self, raw: bytes, binary: bool) -> int:
         if binary:
-            try:
-                return int(_I8.unpack(raw)[0])
-            except struct.error:
-                raise _bad(self.type_name, raw) from None
+            return _binary_int(_I8, raw, self.type_name)
         micros, end = _parse_time(raw, 0, self.type_name)
         if end != len(raw):
             raise _bad(self.type_name, raw)
@@ -1082,10 +1084,7 @@ class _TimestampCodec(Codec):
 
     def decode(self, raw: bytes, binary: bool) -> int:
         if binary:
-            try:
-                return int(_I8.unpack(raw)[0])
-            except struct.error:
-                raise _bad(self.type_name, raw) from None
+            return _binary_int(_I8, raw, self.type_name)
         if raw == b"infinity":
             return TS_POS_INFINITY
         if raw == b"-infinity":
