@@ -366,15 +366,16 @@ class Proxy:
 
     def _down_error(self, shard: str, role: str, host: str,
                     port: int) -> ShardUnavailable | None:
-        for e in self.health.endpoints():
-            if e.shard == shard and e.dsn.host == host and e.dsn.port == port and not e.up:
-                return ShardUnavailable(
-                    f'shard "{shard}" is down ({role} {host}:{port}): '
-                    f"{e.last_error or 'it does not answer'}",
-                    hint=f"shardwire checks it every {self.health.interval:g}s and sends "
-                         "statements to it again as soon as it answers",
-                    sqlstate="08006")
-        return None
+        """The breaker's error for that host while it is down, else None."""
+        e = self.health.endpoint(shard, host, port)
+        if e is None or e.up:
+            return None
+        return ShardUnavailable(
+            f'shard "{shard}" is down ({role} {host}:{port}): '
+            f"{e.last_error or 'it does not answer'}",
+            hint=f"shardwire checks it every {self.health.interval:g}s and sends statements "
+                 "to it again as soon as it answers",
+            sqlstate="08006")
 
     # ------------------------------------------------------------------ admin
     async def pause(self, shards: list[str]) -> list[tuple[str, str, int]]:

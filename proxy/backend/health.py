@@ -263,6 +263,9 @@ class HealthMonitor:
         self.update(shards)
 
     # ------------------------------------------------------------------ hot path
+    def endpoint(self, shard: str, host: str, port: int) -> Endpoint | None:
+        return self._by_address.get((shard, host, port))
+
     def is_down(self, shard: str, host: str, port: int) -> bool:
         """True while the breaker of that endpoint is open (unknown endpoints: False)."""
         endpoint = self._by_address.get((shard, host, port))

@@ -104,3 +104,17 @@ def replica_safe(sql: str) -> bool:
     ``/* role: primary */`` hint. Errs towards the primary: a word like "update" inside a
     string literal sends the statement to the primary too."""
     return _READ_START.match(sql) is not None and _WRITES.search(sql) is None
+
+
+# Statements that change no data: not writes for read_your_writes (though SET, SHOW,
+# transaction control ... are no replica reads either).
+_CHANGES_NOTHING = re.compile(
+    r"\s*(?:(?:/\*.*?\*/|--[^\n]*\n)\s*)*(?:select|with|values|table|show|set|reset|begin|start"
+    r"|commit|end|rollback|abort|savepoint|release|discard|deallocate|prepare|execute"
+    r"|listen|unlisten|fetch|close|declare|explain)\b", re.IGNORECASE | re.DOTALL)
+
+
+def writes(sql: str) -> bool:
+    """Whether a statement may change data, for `reads.read_your_writes` (a data-modifying
+    WITH counts as no write here, as a SELECT calling a writing function does)."""
+    return _CHANGES_NOTHING.match(sql) is None

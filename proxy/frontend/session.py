@@ -33,6 +33,7 @@ from proxy.frontend.routing import (
     ends_transaction,
     is_read,
     txn_verb,
+    writes,
 )
 from proxy.frontend.settings import (
     SETTABLE_REPORTED,
@@ -86,11 +87,6 @@ _DESCRIBE_END = frozenset({m.ROW_DESCRIPTION, m.NO_DATA})
 _COPY_MESSAGES = frozenset({m.COPY_DATA, m.COPY_DONE, m.COPY_FAIL})
 # Statements about shardwire's own settings: answered by the session, never sent on.
 _LOCAL_TYPES = frozenset({"shardwire_set", "shardwire_show"})
-# Statements that are no write for read_your_writes, though not for replicas either.
-_NOT_WRITES = re.compile(
-    r"\s*(?:(?:/\*.*?\*/|--[^\n]*\n)\s*)*(?:select|with|values|table|show|set|reset|begin|start"
-    r"|commit|end|rollback|abort|savepoint|release|discard|deallocate|prepare|execute"
-    r"|listen|unlisten|fetch|close|declare|explain)\b", re.IGNORECASE | re.DOTALL)
 _VALID_FRONTEND = frozenset({
     m.QUERY, m.PARSE, m.BIND, m.DESCRIBE, m.EXECUTE, m.CLOSE, m.SYNC, m.FLUSH, m.TERMINATE,
     m.COPY_DATA, m.COPY_DONE, m.COPY_FAIL, m.FUNCTION_CALL,
@@ -403,7 +399,7 @@ class ClientSession:
         if self.proxy.read_only(sql):
             return not self.primary_until or monotonic() >= self.primary_until
         ryw = self.proxy.config.reads.read_your_writes
-        if ryw and not _NOT_WRITES.match(sql):
+        if ryw and writes(sql):
             self.primary_until = monotonic() + ryw
         return False
 
